@@ -1,0 +1,205 @@
+"""The flash-sale HTTP API: parses requests, calls db.py, answers JSON."""
+import json
+import unicodedata
+from pathlib import Path
+
+from dotenv import load_dotenv
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+import db
+
+load_dotenv(Path(__file__).parent / ".env", override=False)
+
+MAX_BODY_BYTES = 4096
+MAX_INT = 2**31 - 1  # PostgreSQL integer
+MAX_QUANTITY = 1000
+RETRY_AFTER_SECONDS = 1
+BUY_FIELDS = {"item_id", "user_id", "quantity"}
+
+# Answers of buy_ticket.sql that refuse the purchase: status, code, title, detail.
+REFUSALS = {
+    "item_not_found": (404, "item_not_found", "Item not found", "There is no item {item_id}."),
+    "sale_not_started": (409, "sale_not_started", "Sale not started",
+                         "The sale of item {item_id} has not started yet."),
+    "sale_ended": (409, "sale_ended", "Sale ended", "The sale of item {item_id} has ended."),
+    "sold_out": (409, "sold_out", "Sold out", "Item {item_id} has fewer than {quantity} units left."),
+    "limit_reached": (409, "limit_reached", "Purchase limit reached",
+                      "User {user_id!r} would exceed the per-user limit of item {item_id}."),
+    "key_reused": (422, "idempotency_key_reused", "Idempotency key reused",
+                   "This Idempotency-Key was already used for a different purchase."),
+}
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+class Problem(Exception):
+    """An error answer: RFC 9457 problem details plus a stable `code`."""
+
+    def __init__(self, status, code, title, detail, **extra):
+        super().__init__(detail)
+        self.status, self.code, self.title, self.detail, self.extra = status, code, title, detail, extra
+
+
+def problem_response(problem):
+    body = {
+        "type": f"/problems/{problem.code}",
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "code": problem.code,
+        **problem.extra,
+    }
+    response = jsonify(body)
+    response.status_code = problem.status
+    response.mimetype = "application/problem+json"
+    if problem.status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def overloaded():
+    return Problem(503, "overloaded", "Service overloaded",
+                   "The purchase could not be completed in time; nothing was sold. Retry later.")
+
+
+def reject_duplicate_keys(pairs):
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("duplicate key in object")
+    return dict(pairs)
+
+
+def reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json_object():
+    """The request body as a JSON object, or a Problem."""
+    if request.mimetype != "application/json":
+        raise Problem(415, "unsupported_media_type", "Unsupported media type",
+                      "Send the body as JSON with Content-Type: application/json.")
+    try:
+        body = json.loads(request.get_data().decode("utf-8"),
+                          object_pairs_hook=reject_duplicate_keys, parse_constant=reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise Problem(400, "invalid_json", "Invalid JSON", f"The body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise Problem(400, "invalid_json", "Invalid JSON", "The body must be a JSON object.")
+    return body
+
+
+def whole_number(value, low, high):
+    return type(value) is int and low <= value <= high  # bool is not a number here
+
+
+def valid_user_id(value):
+    return (isinstance(value, str) and 1 <= len(value) <= 64
+            and not any(unicodedata.category(char) in ("Cc", "Cs") for char in value))
+
+
+def valid_idempotency_key(value):
+    return 1 <= len(value) <= 255 and all("!" <= char <= "~" for char in value)
+
+
+def parse_purchase():
+    """The purchase asked for: (item_id, user_id, quantity, idempotency_key), or a Problem."""
+    body = parse_json_object()
+    body.setdefault("quantity", 1)
+    key = request.headers.get("Idempotency-Key")
+    errors = []
+    if "item_id" not in body:
+        errors.append({"field": "item_id", "message": "is required"})
+    elif not whole_number(body["item_id"], 1, MAX_INT):
+        errors.append({"field": "item_id", "message": f"must be a whole number from 1 to {MAX_INT}"})
+    if "user_id" not in body:
+        errors.append({"field": "user_id", "message": "is required"})
+    elif not valid_user_id(body["user_id"]):
+        errors.append({"field": "user_id",
+                       "message": "must be a string of 1 to 64 characters, without control characters"})
+    if not whole_number(body["quantity"], 1, MAX_QUANTITY):
+        errors.append({"field": "quantity", "message": f"must be a whole number from 1 to {MAX_QUANTITY}"})
+    for field in sorted(body.keys() - BUY_FIELDS):
+        errors.append({"field": field, "message": "is not a known field"})
+    if key is not None and not valid_idempotency_key(key):
+        errors.append({"field": "Idempotency-Key",
+                       "message": "must be 1 to 255 visible ASCII characters"})
+    if errors:
+        fields = ", ".join(error["field"] for error in errors)
+        raise Problem(422, "invalid_request", "Invalid request", f"Invalid fields: {fields}.",
+                      errors=errors)
+    return body["item_id"], body["user_id"], body["quantity"], key
+
+
+def create_app():
+    db.load_settings()  # refuse to start on a bad configuration
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+
+    @app.post("/buy_ticket")
+    def buy_ticket():
+        item_id, user_id, quantity, key = parse_purchase()
+        try:
+            row = db.buy_ticket(item_id, user_id, quantity, key)
+        except db.Unavailable:
+            raise overloaded() from None
+        if row["outcome"] in REFUSALS:
+            status, code, title, detail = REFUSALS[row["outcome"]]
+            raise Problem(status, code, title,
+                          detail.format(item_id=item_id, user_id=user_id, quantity=quantity))
+        response = jsonify(
+            purchase_id=row["purchase_id"],
+            item_id=row["item_id"],
+            user_id=user_id,
+            quantity=row["quantity"],
+            remaining=row["remaining"],
+        )
+        response.status_code = 201
+        if row["outcome"] == "replayed" and key is not None:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
+
+    @app.get("/items/<int:item_id>")
+    def get_item(item_id):
+        try:
+            item = db.get_item(item_id) if 1 <= item_id <= MAX_INT else None
+        except db.Unavailable:
+            raise overloaded() from None
+        if item is None:
+            raise Problem(404, "item_not_found", "Item not found", f"There is no item {item_id}.")
+        for field in ("sale_starts_at", "sale_ends_at"):
+            if item[field] is not None:
+                item[field] = item[field].isoformat()
+        return jsonify(item)
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz():
+        if db.ping():
+            return jsonify(status="ready")
+        raise overloaded()
+
+    @app.errorhandler(Problem)
+    def handle_problem(problem):
+        return problem_response(problem)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(error):
+        code = HTTP_ERROR_CODES.get(error.code, "http_error")
+        response = problem_response(Problem(error.code, code, error.name, error.description))
+        if error.code == 405:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error):
+        app.logger.exception("unexpected error")
+        return problem_response(Problem(500, "internal_error", "Internal error",
+                                        "The server failed to answer; nothing is known to be sold."))
+
+    return app
+
+
+app = create_app()

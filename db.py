@@ -1,0 +1,176 @@
+"""Database access: settings, the per-process connection pool, the SQL of queries/, retries."""
+import itertools
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import psycopg
+from psycopg import errors
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+QUERIES = Path(__file__).parent / "queries"
+APPLICATION_NAME = "flashsale"
+
+# Failures after which the whole transaction may simply run again: nothing of it was
+# committed, or (a lost connection) the purchase's idempotency key makes the retry find it.
+TRANSIENT = (
+    errors.SerializationFailure,
+    errors.DeadlockDetected,
+    errors.UniqueViolation,
+    psycopg.OperationalError,
+)
+
+
+class ConfigError(Exception):
+    """The environment holds a setting the service cannot run with."""
+
+
+class Unavailable(Exception):
+    """The database could not answer within the request's retry budget."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    pool_size: int
+    max_overflow: int
+    pool_timeout: float
+    retry_budget: float
+
+
+def number_from_env(name, default, kind, minimum):
+    """The environment variable `name` as a number of type `kind`, at least `minimum`."""
+    raw = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum:  # also refuses nan
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def load_settings():
+    """Read and check the database settings from the environment."""
+    database_url = os.environ.get("DATABASE_URL", "").strip()
+    if not database_url:
+        raise ConfigError("DATABASE_URL is not set: set it in the environment or in .env")
+    return Settings(
+        database_url=database_url,
+        pool_size=number_from_env("DB_POOL_SIZE", 1, int, 1),
+        max_overflow=number_from_env("DB_MAX_OVERFLOW", 0, int, 0),
+        pool_timeout=number_from_env("DB_POOL_TIMEOUT", 1.0, float, 0.01),
+        retry_budget=number_from_env("DB_RETRY_BUDGET_SECONDS", 3.0, float, 0.01),
+    )
+
+
+@cache
+def query(name):
+    """The text of queries/<name>.sql."""
+    return (QUERIES / f"{name}.sql").read_text()
+
+
+def connect(database_url=None):
+    """A single autocommit connection, for scripts and tests."""
+    return psycopg.connect(
+        database_url or load_settings().database_url,
+        autocommit=True, row_factory=dict_row, connect_timeout=10,
+    )
+
+
+_settings = None
+_pool = None
+
+
+def open_pool():
+    """Open this process's pool. Call it after forking: a pool never crosses a fork."""
+    global _settings, _pool
+    if _pool is None:
+        _settings = load_settings()
+        _pool = ConnectionPool(
+            _settings.database_url,
+            min_size=_settings.pool_size,
+            max_size=_settings.pool_size + _settings.max_overflow,
+            timeout=_settings.pool_timeout,
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "application_name": APPLICATION_NAME,
+            },
+            name=f"{APPLICATION_NAME}-{os.getpid()}",
+            open=True,
+        )
+    return _pool
+
+
+def close_pool():
+    global _pool
+    if _pool is not None:
+        _pool.close()
+        _pool = None
+
+
+def _transaction(conn, seconds_left, statements):
+    """Run the (name, params) statements in one transaction, sent as one pipeline; return the
+    last one's rows."""
+    milliseconds = max(1, int(seconds_left * 1000))
+    with conn.pipeline(), conn.transaction():
+        conn.execute(query("set_statement_timeout"), {"milliseconds": milliseconds})
+        for name, params in statements:
+            cursor = conn.execute(query(name), params)
+    return cursor.fetchall()
+
+
+def _run(*statements):
+    """Run one transaction, retrying transient failures with backoff until the budget is spent."""
+    pool = open_pool()
+    deadline = time.monotonic() + _settings.retry_budget
+    for attempt in itertools.count():
+        seconds_left = deadline - time.monotonic()
+        try:
+            with pool.connection(timeout=min(_settings.pool_timeout, seconds_left)) as conn:
+                return _transaction(conn, deadline - time.monotonic(), statements)
+        except (PoolTimeout, errors.QueryCanceled) as exc:
+            raise Unavailable(str(exc)) from exc
+        except TRANSIENT as exc:
+            pause = random.uniform(0, min(1.0, 0.02 * 2**attempt))  # full jitter
+            if time.monotonic() + pause >= deadline:
+                raise Unavailable(str(exc)) from exc
+            time.sleep(pause)
+
+
+def buy_ticket(item_id, user_id, quantity, idempotency_key=None):
+    """Try to sell `quantity` units of an item to a user: the row of buy_ticket.sql.
+
+    A request without an Idempotency-Key gets a key of its own, so that a retry after a
+    connection lost mid-COMMIT finds the purchase instead of selling twice."""
+    params = {
+        "item_id": item_id,
+        "user_id": user_id,
+        "quantity": quantity,
+        "idempotency_key": idempotency_key or str(uuid.uuid4()),
+    }
+    return _run(("lock_item", params), ("buy_ticket", params))[0]
+
+
+def get_item(item_id):
+    """The item's row of get_item.sql, or None."""
+    rows = _run(("get_item", {"item_id": item_id}))
+    return rows[0] if rows else None
+
+
+def ping(timeout=1.0):
+    """True when the database answers within `timeout` seconds."""
+    try:
+        with open_pool().connection(timeout=timeout) as conn:
+            with conn.pipeline(), conn.transaction():
+                conn.execute(query("set_statement_timeout"), {"milliseconds": int(timeout * 1000)})
+                conn.execute(query("ping"))
+        return True
+    except psycopg.Error:
+        return False

@@ -1,0 +1,62 @@
+-- Decides one purchase and, if it is a sale, records it and takes the units off the stock.
+-- Runs right after lock_item.sql in the same transaction: its snapshot is taken once the
+-- row lock is held, so it sees every earlier purchase of the item.
+-- Answers one row: outcome, one of 'sold', 'replayed', 'key_reused', 'item_not_found',
+-- 'sale_not_started', 'sale_ended', 'sold_out', 'limit_reached'; and for 'sold' and
+-- 'replayed' the purchase's id, item_id, quantity and the remaining stock right after it.
+-- Parameters: item_id, user_id, quantity, idempotency_key.
+WITH request AS (
+    SELECT %(item_id)s::integer AS item_id, %(user_id)s::text AS user_id,
+           %(quantity)s::integer AS quantity, %(idempotency_key)s::text AS idempotency_key
+),
+item AS (
+    SELECT items.* FROM items, request WHERE items.id = request.item_id
+),
+earlier AS (
+    SELECT purchases.* FROM purchases, request
+    WHERE purchases.user_id = request.user_id
+      AND purchases.idempotency_key = request.idempotency_key
+),
+bought AS (
+    SELECT coalesce(sum(purchases.quantity), 0) AS quantity FROM purchases, request
+    WHERE purchases.item_id = request.item_id AND purchases.user_id = request.user_id
+),
+verdict AS (
+    SELECT CASE
+               WHEN earlier.id IS NOT NULL AND earlier.item_id = request.item_id
+                    AND earlier.quantity = request.quantity THEN 'replayed'
+               WHEN earlier.id IS NOT NULL THEN 'key_reused'
+               WHEN item.id IS NULL THEN 'item_not_found'
+               WHEN now() < item.sale_starts_at THEN 'sale_not_started'
+               WHEN now() >= item.sale_ends_at THEN 'sale_ended'
+               WHEN item.remaining < request.quantity THEN 'sold_out'
+               WHEN bought.quantity + request.quantity > item.max_per_user THEN 'limit_reached'
+               ELSE 'sold'
+           END AS outcome,
+           item.remaining - request.quantity AS remaining_after
+    FROM request
+    CROSS JOIN bought
+    LEFT JOIN item ON true
+    LEFT JOIN earlier ON true
+),
+purchase AS (
+    INSERT INTO purchases (item_id, user_id, quantity, idempotency_key, remaining_after)
+    SELECT request.item_id, request.user_id, request.quantity, request.idempotency_key,
+           verdict.remaining_after
+    FROM request, verdict
+    WHERE verdict.outcome = 'sold'
+    RETURNING id, item_id, quantity, remaining_after
+),
+sale AS (
+    UPDATE items SET remaining = items.remaining - purchase.quantity
+    FROM purchase
+    WHERE items.id = purchase.item_id
+)
+SELECT verdict.outcome,
+       coalesce(purchase.id, earlier.id) AS purchase_id,
+       coalesce(purchase.item_id, earlier.item_id) AS item_id,
+       coalesce(purchase.quantity, earlier.quantity) AS quantity,
+       coalesce(purchase.remaining_after, earlier.remaining_after) AS remaining
+FROM verdict
+LEFT JOIN purchase ON true
+LEFT JOIN earlier ON true

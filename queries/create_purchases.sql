@@ -1,0 +1,16 @@
+-- Creates the purchases. Every purchase has an idempotency key: the client's
+-- Idempotency-Key header, or one the server made up for a request without it, so
+-- that a retry after a lost connection finds the purchase instead of selling twice.
+-- `remaining_after` is the item's remaining stock right after this purchase,
+-- kept so that a replay answers with the original body.
+-- Parameters: none.
+CREATE TABLE purchases (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    item_id integer NOT NULL REFERENCES items (id),
+    user_id text NOT NULL CHECK (char_length(user_id) BETWEEN 1 AND 64),
+    quantity integer NOT NULL CHECK (quantity >= 1),
+    idempotency_key text NOT NULL CHECK (char_length(idempotency_key) BETWEEN 1 AND 255),
+    remaining_after integer NOT NULL CHECK (remaining_after >= 0),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (user_id, idempotency_key)
+)

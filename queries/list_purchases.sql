@@ -1,0 +1,6 @@
+-- Lists every purchase of an item, for the proof's database check.
+-- Parameters: item_id.
+SELECT id, user_id, quantity, idempotency_key
+FROM purchases
+WHERE item_id = %(item_id)s
+ORDER BY id

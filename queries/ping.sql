@@ -1,0 +1,3 @@
+-- Checks that the database answers.
+-- Parameters: none.
+SELECT 1

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The private PostgreSQL of this checkout: start | stop | status | url.
+# `url` prints DATABASE_URL when it is set (in the environment or in .env), and otherwise
+# starts the private server if needed and prints its address.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+DATA=$ROOT/.pgdata
+DB_NAME=flashsale
+
+# As root, the server runs as the postgres user, who may not be allowed into this checkout
+# (under /root, say): then the data lives in a folder of /tmp named after the checkout.
+if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$ROOT"; then
+    DATA=/tmp/flashsale-pgdata-$(echo "$ROOT" | cksum | cut -d' ' -f1)
+fi
+LOG=$DATA.log
+
+# PostgreSQL refuses to run as root: run its programs as the postgres user then.
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+die() { echo "pg.sh: $*" >&2; exit 1; }
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+running() { as_postgres "$PGBIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; }
+
+# The port of the running server is the fourth line of postmaster.pid.
+port() { sed -n 4p "$DATA/postmaster.pid"; }
+
+init() {
+    [ -x "$PGBIN/initdb" ] || die "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin; set PGBIN)"
+    mkdir -p "$DATA"
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres: "$DATA"
+        runuser -u postgres -- test -w "$DATA" ||
+            die "the postgres user cannot reach $DATA: make its parent folders traversable (chmod o+x) or set DATABASE_URL"
+    fi
+    chmod 700 "$DATA"
+    as_postgres "$PGBIN/initdb" -D "$DATA" -U postgres --auth=trust --encoding=UTF8 --no-locale >/dev/null
+    cat >>"$DATA/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+max_connections = 100
+CONF
+}
+
+start() {
+    [ -f "$DATA/PG_VERSION" ] || init
+    if ! running; then
+        touch "$LOG"
+        [ "$(id -u)" = 0 ] && chown postgres: "$LOG"
+        as_postgres "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 30 -o "-p $(free_port)" start >/dev/null ||
+            die "could not start PostgreSQL; see $LOG"
+    fi
+    local base="postgresql://postgres@127.0.0.1:$(port)"
+    if [ -z "$("$PGBIN/psql" "$base/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" ]; then
+        "$PGBIN/psql" "$base/postgres" -qc "CREATE DATABASE $DB_NAME" >/dev/null
+    fi
+}
+
+# DATABASE_URL from the environment, else from .env, else empty.
+configured_url() {
+    if [ -n "${DATABASE_URL:-}" ]; then
+        echo "$DATABASE_URL"
+    elif [ -f "$ROOT/.env" ]; then
+        "$ROOT/.venv/bin/python" -c 'import sys, dotenv; print(dotenv.dotenv_values(sys.argv[1]).get("DATABASE_URL") or "")' "$ROOT/.env"
+    fi
+}
+
+case "${1:-}" in
+    start) start; echo "PostgreSQL running: postgresql://postgres@127.0.0.1:$(port)/$DB_NAME" ;;
+    url)
+        url=$(configured_url)
+        if [ -z "$url" ]; then start; url="postgresql://postgres@127.0.0.1:$(port)/$DB_NAME"; fi
+        echo "$url" ;;
+    stop) if running; then as_postgres "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null; fi; echo "PostgreSQL stopped" ;;
+    status) if running; then echo "running on port $(port)"; else echo "stopped"; fi ;;
+    *) die "usage: scripts/pg.sh start|stop|status|url" ;;
+esac
