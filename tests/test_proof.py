@@ -1,0 +1,52 @@
+"""The proof script against real gunicorn, and its verdict on runs that went wrong."""
+import proof_of_correctness as proof
+
+
+def test_proof_passes_on_the_real_service(server, capsys):
+    status = proof.main(["--url", server.url, "--requests", "300", "--processes", "20", "--stock", "50"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "SUCCESS: Strict consistency maintained. Exactly 50 items sold." in out
+    assert "409 sold_out" in out and "p99" in out
+
+
+def test_proof_with_repeating_users_and_retries(server, capsys):
+    status = proof.main(["--url", server.url, "--requests", "200", "--processes", "20", "--stock", "50",
+                         "--users", "10", "--max-per-user", "2", "--retry"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "Exactly 20 items sold." in out
+
+
+def fabricated_run(sold_rows, acknowledged, stock=2):
+    options = proof.parse_options(["--database-url", "unused", "--requests", "4", "--stock", str(stock)])
+    purchases = proof.make_purchases(options)
+    for number, purchase in enumerate(purchases, start=1):
+        if number <= acknowledged:
+            purchase.answers.append((201, "created"))
+            purchase.purchase_ids.append(number)
+        else:
+            purchase.answers.append((409, "sold_out"))
+    rows = [{"id": n, "user_id": f"user-{n - 1}", "quantity": 1, "idempotency_key": "k"}
+            for n in range(1, sold_rows + 1)]
+    item = {"stock": stock, "sold": sold_rows, "remaining": stock - sold_rows}
+    return proof.verdict(options, purchases, item, rows)
+
+
+def test_verdict_accepts_an_exact_sell_out():
+    assert fabricated_run(sold_rows=2, acknowledged=2) == []
+
+
+def test_verdict_catches_an_oversell():
+    failures = fabricated_run(sold_rows=3, acknowledged=3)
+    assert any("expected 2 sold" in failure for failure in failures)
+
+
+def test_verdict_catches_a_lost_acknowledgement():
+    failures = fabricated_run(sold_rows=2, acknowledged=1)
+    assert any("rows sold without a 201" in failure for failure in failures)
+
+
+def test_verdict_catches_an_undersell():
+    failures = fabricated_run(sold_rows=1, acknowledged=1)
+    assert any("units remain" in failure for failure in failures)

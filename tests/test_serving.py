@@ -1,0 +1,140 @@
+"""Concurrency and overload through real gunicorn over real sockets."""
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import psycopg
+import requests
+from psycopg import sql
+
+import db
+from conftest import item, purchases
+
+
+def in_parallel(function, arguments, threads=50):
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(function, arguments))
+
+
+def answers(responses):
+    return Counter((r.status_code, r.json().get("code", "created")) for r in responses)
+
+
+def cut_service_connections(conn):
+    conn.execute(db.query("terminate_connections"), {"application_name": db.APPLICATION_NAME})
+
+
+@contextmanager
+def database_refusing_connections(conn):
+    """The service's database takes no new connection and its open ones are cut."""
+    alter = "ALTER DATABASE {} ALLOW_CONNECTIONS {}"
+    name = sql.Identifier(conn.info.dbname)
+    with psycopg.connect(conn.info.dsn, dbname="postgres", autocommit=True) as admin:
+        admin.execute(sql.SQL(alter).format(name, sql.SQL("false")))
+        try:
+            cut_service_connections(conn)
+            yield
+        finally:
+            admin.execute(sql.SQL(alter).format(name, sql.SQL("true")))
+
+
+def test_burst_sells_exactly_the_stock(server, reset, conn):
+    reset(stock=100)
+    responses = in_parallel(lambda n: server.buy(user_id=f"user-{n}"), range(600))
+    assert answers(responses) == {(201, "created"): 100, (409, "sold_out"): 500}
+    rows = purchases(conn)
+    assert len(rows) == 100 and item(conn)["remaining"] == 0
+    assert sorted(r.json()["purchase_id"] for r in responses if r.status_code == 201) == [row["id"] for row in rows]
+
+
+def test_one_user_in_parallel_never_exceeds_the_limit(server, reset, conn):
+    reset(stock=100, max_per_user=3)
+    responses = in_parallel(lambda n: server.buy(user_id="greedy"), range(50))
+    assert answers(responses) == {(201, "created"): 3, (409, "limit_reached"): 47}
+    assert sum(row["quantity"] for row in purchases(conn)) == 3
+
+
+def test_racing_duplicates_sell_once(server, reset, conn):
+    reset(stock=100)
+    responses = in_parallel(lambda n: server.buy(user_id="alice", key="same-key"), range(30), threads=30)
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["purchase_id"] for r in responses}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 29
+    assert len(purchases(conn)) == 1 and item(conn)["remaining"] == 99
+
+
+def test_racing_duplicates_on_different_items_sell_once(server, reset, conn):
+    reset(stock=100, items=2)
+    responses = in_parallel(lambda n: server.buy(item_id=1 + n % 2, key="k"), range(20), threads=20)
+    codes = answers(responses)
+    assert codes[(201, "created")] >= 1
+    assert codes[(201, "created")] + codes[(422, "idempotency_key_reused")] == 20
+    assert len(purchases(conn, 1)) + len(purchases(conn, 2)) == 1
+
+
+def test_pool_exhausted_answers_503_within_the_budget(client):
+    pool = db.open_pool()
+    with pool.connection():  # the worker's only connection is taken
+        started = time.monotonic()
+        response = client.post("/buy_ticket", json={"item_id": 1, "user_id": "alice"})
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "overloaded" and response.headers["Retry-After"] == "1"
+    assert elapsed < db.load_settings().retry_budget
+    assert client.post("/buy_ticket", json={"item_id": 1, "user_id": "alice"}).status_code == 201
+
+
+def test_lock_held_too_long_answers_503_within_the_budget(start_server, reset, conn):
+    reset(stock=10)
+    server = start_server(WEB_CONCURRENCY="2", DB_RETRY_BUDGET_SECONDS="1").wait_ready()
+    with db.connect() as hog, hog.transaction():
+        hog.execute(db.query("lock_item"), {"item_id": 1})
+        started = time.monotonic()
+        response = server.buy()
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.json()["code"] == "overloaded"
+    assert elapsed < 2.5  # the budget, not gunicorn's 30 s timeout
+    assert server.buy().status_code == 201
+    assert len(purchases(conn)) == 1
+
+
+def test_database_refusing_connections_answers_503_then_recovers(start_server, reset, conn):
+    reset(stock=10)
+    server = start_server(WEB_CONCURRENCY="2", DB_RETRY_BUDGET_SECONDS="1").wait_ready()
+    with database_refusing_connections(conn):
+        started = time.monotonic()
+        refused = [server.buy(user_id=f"user-{n}") for n in range(4)]
+        elapsed = time.monotonic() - started
+    assert {r.status_code for r in refused} == {503}
+    assert all(r.headers["Retry-After"] == "1" for r in refused)
+    assert elapsed < 4 * 2.5
+    deadline = time.monotonic() + 15
+    while (response := server.buy(user_id="after")).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert response.status_code == 201
+    assert [row["user_id"] for row in purchases(conn)] == ["after"]
+
+
+def test_readiness_follows_the_database(start_server, conn):
+    server = start_server(WEB_CONCURRENCY="1").wait_ready()
+    with database_refusing_connections(conn):
+        assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
+        assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 503
+    assert server.wait_ready()
+
+
+def test_a_killed_connection_is_retried_transparently(server, reset, conn):
+    reset(stock=10)
+    assert server.buy(user_id="warm").status_code == 201
+    cut_service_connections(conn)
+    responses = [server.buy(user_id=f"user-{n}") for n in range(8)]
+    assert {r.status_code for r in responses} == {201}
+    assert len(purchases(conn)) == 9
+
+
+def test_superuser_can_still_connect(conn):
+    """Guards the tests above: they must never leave the database closed."""
+    with psycopg.connect(conn.info.dsn, connect_timeout=5) as other:
+        assert other.execute("SELECT 1").fetchone()[0] == 1
