@@ -1,10 +1,10 @@
 """The flash-sale HTTP API: parses requests, calls db.py, answers JSON."""
 import json
-import unicodedata
+import re
 from pathlib import Path
 
 from dotenv import load_dotenv
-from flask import Flask, jsonify, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 import db
@@ -16,6 +16,8 @@ MAX_INT = 2**31 - 1  # PostgreSQL integer
 MAX_QUANTITY = 1000
 RETRY_AFTER_SECONDS = 1
 BUY_FIELDS = {"item_id", "user_id", "quantity"}
+CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # Unicode categories Cc and Cs
+VISIBLE_ASCII = re.compile("[!-~]{1,255}")
 
 # Answers of buy_ticket.sql that refuse the purchase: status, code, title, detail.
 REFUSALS = {
@@ -40,6 +42,10 @@ class Problem(Exception):
         self.status, self.code, self.title, self.detail, self.extra = status, code, title, detail, extra
 
 
+def json_response(body, status=200, headers=None, mimetype="application/json"):
+    return Response(json.dumps(body), status, headers, mimetype=mimetype)
+
+
 def problem_response(problem):
     body = {
         "type": f"/problems/{problem.code}",
@@ -49,12 +55,8 @@ def problem_response(problem):
         "code": problem.code,
         **problem.extra,
     }
-    response = jsonify(body)
-    response.status_code = problem.status
-    response.mimetype = "application/problem+json"
-    if problem.status == 503:
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return response
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if problem.status == 503 else None
+    return json_response(body, problem.status, headers, mimetype="application/problem+json")
 
 
 def overloaded():
@@ -63,14 +65,26 @@ def overloaded():
 
 
 def reject_duplicate_keys(pairs):
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
+    body = dict(pairs)
+    if len(body) != len(pairs):
         raise ValueError("duplicate key in object")
-    return dict(pairs)
+    return body
 
 
 def reject_constant(name):
     raise ValueError(f"{name} is not JSON")
+
+
+JSON_DECODER = json.JSONDecoder(object_pairs_hook=reject_duplicate_keys, parse_constant=reject_constant)
+
+
+def read_body():
+    """The request body. A declared length within the limit is read straight from the socket;
+    anything else goes through werkzeug's stream, which answers 413 past MAX_CONTENT_LENGTH."""
+    length = request.content_length
+    if length is not None and length <= MAX_BODY_BYTES:
+        return request.input_stream.read(length)
+    return request.get_data()
 
 
 def parse_json_object():
@@ -79,8 +93,7 @@ def parse_json_object():
         raise Problem(415, "unsupported_media_type", "Unsupported media type",
                       "Send the body as JSON with Content-Type: application/json.")
     try:
-        body = json.loads(request.get_data().decode("utf-8"),
-                          object_pairs_hook=reject_duplicate_keys, parse_constant=reject_constant)
+        body = JSON_DECODER.decode(read_body().decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise Problem(400, "invalid_json", "Invalid JSON", f"The body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
@@ -93,12 +106,11 @@ def whole_number(value, low, high):
 
 
 def valid_user_id(value):
-    return (isinstance(value, str) and 1 <= len(value) <= 64
-            and not any(unicodedata.category(char) in ("Cc", "Cs") for char in value))
+    return isinstance(value, str) and 1 <= len(value) <= 64 and not CONTROL_OR_SURROGATE.search(value)
 
 
 def valid_idempotency_key(value):
-    return 1 <= len(value) <= 255 and all("!" <= char <= "~" for char in value)
+    return VISIBLE_ASCII.fullmatch(value) is not None
 
 
 def parse_purchase():
@@ -144,19 +156,17 @@ def create_app():
             raise overloaded() from None
         if row["outcome"] in REFUSALS:
             status, code, title, detail = REFUSALS[row["outcome"]]
-            raise Problem(status, code, title,
-                          detail.format(item_id=item_id, user_id=user_id, quantity=quantity))
-        response = jsonify(
-            purchase_id=row["purchase_id"],
-            item_id=row["item_id"],
-            user_id=user_id,
-            quantity=row["quantity"],
-            remaining=row["remaining"],
-        )
-        response.status_code = 201
-        if row["outcome"] == "replayed" and key is not None:
-            response.headers["Idempotent-Replayed"] = "true"
-        return response
+            detail = detail.format(item_id=item_id, user_id=user_id, quantity=quantity)
+            return problem_response(Problem(status, code, title, detail))
+        purchase = {
+            "purchase_id": row["purchase_id"],
+            "item_id": row["item_id"],
+            "user_id": user_id,
+            "quantity": row["quantity"],
+            "remaining": row["remaining"],
+        }
+        replayed = row["outcome"] == "replayed" and key is not None
+        return json_response(purchase, 201, {"Idempotent-Replayed": "true"} if replayed else None)
 
     @app.get("/items/<int:item_id>")
     def get_item(item_id):
@@ -169,16 +179,16 @@ def create_app():
         for field in ("sale_starts_at", "sale_ends_at"):
             if item[field] is not None:
                 item[field] = item[field].isoformat()
-        return jsonify(item)
+        return json_response(item)
 
     @app.get("/healthz")
     def healthz():
-        return jsonify(status="ok")
+        return json_response({"status": "ok"})
 
     @app.get("/readyz")
     def readyz():
         if db.ping():
-            return jsonify(status="ready")
+            return json_response({"status": "ready"})
         raise overloaded()
 
     @app.errorhandler(Problem)

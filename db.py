@@ -41,6 +41,7 @@ class Settings:
     max_overflow: int
     pool_timeout: float
     retry_budget: float
+    sold_out_cache: float
 
 
 def number_from_env(name, default, kind, minimum):
@@ -66,6 +67,7 @@ def load_settings():
         max_overflow=number_from_env("DB_MAX_OVERFLOW", 0, int, 0),
         pool_timeout=number_from_env("DB_POOL_TIMEOUT", 1.0, float, 0.01),
         retry_budget=number_from_env("DB_RETRY_BUDGET_SECONDS", 3.0, float, 0.01),
+        sold_out_cache=number_from_env("SOLD_OUT_CACHE_SECONDS", 0.5, float, 0.0),
     )
 
 
@@ -101,6 +103,7 @@ def open_pool():
                 "autocommit": True,
                 "row_factory": dict_row,
                 "application_name": APPLICATION_NAME,
+                "options": f"-c statement_timeout={int(_settings.retry_budget * 1000)}",
             },
             name=f"{APPLICATION_NAME}-{os.getpid()}",
             open=True,
@@ -116,11 +119,15 @@ def close_pool():
 
 
 def _transaction(conn, seconds_left, statements):
-    """Run the (name, params) statements in one transaction, sent as one pipeline; return the
-    last one's rows."""
-    milliseconds = max(1, int(seconds_left * 1000))
-    with conn.pipeline(), conn.transaction():
-        conn.execute(query("set_statement_timeout"), {"milliseconds": milliseconds})
+    """Run the (name, params) statements in one transaction; return the last one's rows.
+
+    The statements go to the server together, as one pipeline, after BEGIN: the row lock is
+    held for one round trip only, until COMMIT. Every connection starts with the whole budget
+    as its statement_timeout; a retry, with less left, lowers it for its own transaction."""
+    with conn.transaction(), conn.pipeline():
+        if seconds_left < _settings.retry_budget - 0.01:
+            milliseconds = max(1, int(seconds_left * 1000))
+            conn.execute(query("set_statement_timeout"), {"milliseconds": milliseconds})
         for name, params in statements:
             cursor = conn.execute(query(name), params)
     return cursor.fetchall()
@@ -144,18 +151,30 @@ def _run(*statements):
             time.sleep(pause)
 
 
+# Item id -> time.monotonic() until which this process answers sold_out without asking the
+# database. Set only when the database said that nothing is left; stock never comes back, except
+# when the sale is seeded again, which this process sees once the entry expires.
+_sold_out_until = {}
+
+
 def buy_ticket(item_id, user_id, quantity, idempotency_key=None):
     """Try to sell `quantity` units of an item to a user: the row of buy_ticket.sql.
 
     A request without an Idempotency-Key gets a key of its own, so that a retry after a
-    connection lost mid-COMMIT finds the purchase instead of selling twice."""
+    connection lost mid-COMMIT finds the purchase instead of selling twice. A request with
+    one always asks the database, which may hold the purchase to replay."""
+    if idempotency_key is None and _sold_out_until.get(item_id, 0) > time.monotonic():
+        return {"outcome": "sold_out", "remaining": 0}
     params = {
         "item_id": item_id,
         "user_id": user_id,
         "quantity": quantity,
         "idempotency_key": idempotency_key or str(uuid.uuid4()),
     }
-    return _run(("lock_item", params), ("buy_ticket", params))[0]
+    row = _run(("lock_item", params), ("buy_ticket", params))[0]
+    if row["outcome"] in ("sold", "sold_out") and row["remaining"] == 0 and _settings.sold_out_cache:
+        _sold_out_until[item_id] = time.monotonic() + _settings.sold_out_cache
+    return row
 
 
 def get_item(item_id):

@@ -2,8 +2,9 @@
 -- Runs right after lock_item.sql in the same transaction: its snapshot is taken once the
 -- row lock is held, so it sees every earlier purchase of the item.
 -- Answers one row: outcome, one of 'sold', 'replayed', 'key_reused', 'item_not_found',
--- 'sale_not_started', 'sale_ended', 'sold_out', 'limit_reached'; and for 'sold' and
--- 'replayed' the purchase's id, item_id, quantity and the remaining stock right after it.
+-- 'sale_not_started', 'sale_ended', 'sold_out', 'limit_reached'; for 'sold' and 'replayed'
+-- the purchase's id, item_id and quantity; and `remaining`: the stock left right after the
+-- purchase for 'sold' and 'replayed', the item's stock left now otherwise.
 -- Parameters: item_id, user_id, quantity, idempotency_key.
 WITH request AS (
     SELECT %(item_id)s::integer AS item_id, %(user_id)s::text AS user_id,
@@ -33,7 +34,7 @@ verdict AS (
                WHEN bought.quantity + request.quantity > item.max_per_user THEN 'limit_reached'
                ELSE 'sold'
            END AS outcome,
-           item.remaining - request.quantity AS remaining_after
+           item.remaining
     FROM request
     CROSS JOIN bought
     LEFT JOIN item ON true
@@ -42,7 +43,7 @@ verdict AS (
 purchase AS (
     INSERT INTO purchases (item_id, user_id, quantity, idempotency_key, remaining_after)
     SELECT request.item_id, request.user_id, request.quantity, request.idempotency_key,
-           verdict.remaining_after
+           verdict.remaining - request.quantity
     FROM request, verdict
     WHERE verdict.outcome = 'sold'
     RETURNING id, item_id, quantity, remaining_after
@@ -56,7 +57,7 @@ SELECT verdict.outcome,
        coalesce(purchase.id, earlier.id) AS purchase_id,
        coalesce(purchase.item_id, earlier.item_id) AS item_id,
        coalesce(purchase.quantity, earlier.quantity) AS quantity,
-       coalesce(purchase.remaining_after, earlier.remaining_after) AS remaining
+       coalesce(purchase.remaining_after, earlier.remaining_after, verdict.remaining) AS remaining
 FROM verdict
 LEFT JOIN purchase ON true
 LEFT JOIN earlier ON true

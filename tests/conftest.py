@@ -15,6 +15,9 @@ sys.path.insert(0, str(ROOT))
 
 if not os.environ.get("DATABASE_URL"):
     pytest.exit("DATABASE_URL is not set: run the tests with `make test`", returncode=2)
+# The tests reset the sale all the time: no process may remember an earlier sell-out.
+# tests/test_sold_out_cache.py turns the cache on where it tests it.
+os.environ["SOLD_OUT_CACHE_SECONDS"] = "0"
 
 import app as service  # noqa: E402
 import db  # noqa: E402

@@ -1,0 +1,155 @@
+"""Measure the service against the machine's own ceilings, in one run, and print the ratios.
+
+1. Database ceiling: pgbench running the purchase transaction on one hot row.
+2. HTTP ceiling: the same gunicorn configuration answering a constant 409, no database.
+3. The service: purchases/s, sold-out answers/s, and a burst of 10x demand.
+4. Scaling: 1 hot item against 16 items, and WEB_CONCURRENCY 1, 2, 4, 8.
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import reset_db  # noqa: E402
+
+BENCH = ROOT / "bench"
+PGBIN = Path(max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/bin")))
+AMPLE_STOCK = 100_000_000
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Gunicorn:
+    """gunicorn with the project's gunicorn.conf.py, serving `app` on a free port."""
+
+    def __init__(self, workers, app="app:app"):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
+                   "-b", self.url.removeprefix("http://"), app]
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(self.url, timeout=1)
+                time.sleep(0.5)  # let every worker finish booting
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError("gunicorn did not start")
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def wrk(url, seconds, connections, items=1, limit=None):
+    """Run wrk with buy.lua; return its RESULT line as a dict."""
+    threads = 2
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
+               "-s", str(BENCH / "buy.lua"), url, "--", str(items), uuid.uuid4().hex[:8],
+               str(limit or ""), str(threads)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    result["per_second"] = result["requests"] / result["seconds"]
+    return result
+
+
+def database_ceiling(database_url, seconds, connections):
+    reset_db.reset(stock=AMPLE_STOCK, max_per_user=AMPLE_STOCK, database_url=database_url)
+    command = [str(PGBIN / "pgbench"), "-n", "-M", "prepared", "-c", str(connections), "-j", "2",
+               "-T", str(seconds), "-f", str(BENCH / "purchase.pgbench"), database_url]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    tps = next(line for line in output.splitlines() if line.startswith("tps ="))
+    latency = next(line for line in output.splitlines() if line.startswith("latency average"))
+    return {"per_second": float(tps.split()[2]), "latency_average_ms": float(latency.split()[3])}
+
+
+def service_run(database_url, seconds, workers, stock, items=1, connections=50, limit=None):
+    """Seed `items` items with `stock` units each, serve them with `workers` workers, load with wrk."""
+    reset_db.reset(stock=stock, items=items, max_per_user=max(stock, 1), database_url=database_url)
+    with Gunicorn(workers) as server:
+        return wrk(f"{server.url}/buy_ticket", seconds, connections, items, limit)
+
+
+def measure(database_url, seconds, workers, scaling, burst_stock):
+    results = {"workers": workers, "seconds": seconds}
+    results["database_ceiling"] = database_ceiling(database_url, seconds, workers)
+    with Gunicorn(workers, "bench.ceiling_app:app") as ceiling:
+        results["http_ceiling"] = wrk(f"{ceiling.url}/buy_ticket", seconds, 50)
+    results["purchases"] = service_run(database_url, seconds, workers, AMPLE_STOCK)
+    results["sold_out"] = service_run(database_url, seconds, workers, 0)
+    # wrk runs for its whole -d even when every thread stopped early: the figures come from buy.lua.
+    burst = service_run(database_url, max(seconds, 15), workers, burst_stock, limit=10 * burst_stock)
+    results["burst"] = {**burst, "stock": burst_stock}
+    if scaling:
+        results["purchases_16_items"] = service_run(database_url, seconds, workers, AMPLE_STOCK, items=16)
+        results["purchases_by_workers"] = {
+            str(count): service_run(database_url, seconds, count, AMPLE_STOCK) for count in (1, 2, 4, 8)
+        }
+    results["ratios"] = {
+        "purchases_vs_database": results["purchases"]["per_second"] / results["database_ceiling"]["per_second"],
+        "sold_out_vs_http": results["sold_out"]["per_second"] / results["http_ceiling"]["per_second"],
+        "burst_p99_vs_p50": results["burst"]["p99_ms"] / max(results["burst"]["p50_ms"], 0.001),
+    }
+    return results
+
+
+def print_table(results):
+    rows = [("database ceiling (pgbench)", results["database_ceiling"]["per_second"], "", "", "")]
+    for name, key in [("HTTP ceiling (constant 409)", "http_ceiling"), ("purchases, 1 hot item", "purchases"),
+                      ("sold-out answers", "sold_out"), ("purchases, 16 items", "purchases_16_items")]:
+        if key in results:
+            run = results[key]
+            rows.append((name, run["per_second"], run["p50_ms"], run["p99_ms"], run["max_ms"]))
+    for count, run in results.get("purchases_by_workers", {}).items():
+        rows.append((f"purchases, {count} worker(s)", run["per_second"], run["p50_ms"], run["p99_ms"], run["max_ms"]))
+    print(f"{'measure':<30} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for name, rate, p50, p99, peak in rows:
+        numbers = "".join(f" {value:>8.1f}" if value != "" else f" {'':>8}" for value in (p50, p99, peak))
+        print(f"{name:<30} {rate:>9.0f}{numbers}")
+    burst = results["burst"]
+    print(f"burst: {burst['requests']} requests for {burst['stock']} units, 50 connections: sold out after "
+          f"{burst['sold_out_seconds']:.2f} s, all answered after {burst['answered_seconds']:.2f} s, "
+          f"p50 {burst['p50_ms']:.1f} ms, p99 {burst['p99_ms']:.1f} ms, max {burst['max_ms']:.1f} ms, "
+          f"answers {burst['statuses']}, transport errors {burst['errors']}")
+    ratios = results["ratios"]
+    print(f"ratios: purchases/database ceiling {ratios['purchases_vs_database']:.2f} (target >= 0.60), "
+          f"sold-out/HTTP ceiling {ratios['sold_out_vs_http']:.2f} (target >= 0.85), "
+          f"burst p99/p50 {ratios['burst_p99_vs_p50']:.1f} (target <= 4)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each measurement (default 10)")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "4")))
+    parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
+    parser.add_argument("--burst-stock", type=int, default=1000, help="units sold in the burst (default 1000)")
+    parser.add_argument("--output", default=str(BENCH / "results" / "latest.json"))
+    options = parser.parse_args()
+    database_url = os.environ["DATABASE_URL"]
+    results = measure(database_url, options.seconds, options.workers, not options.no_scaling, options.burst_stock)
+    print_table(results)
+    Path(options.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(options.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {options.output}")
+
+
+if __name__ == "__main__":
+    main()
