@@ -6,7 +6,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 DATABASE := DATABASE_URL="$$(scripts/pg.sh url)" && export DATABASE_URL
 
-.PHONY: run test serve reset db db-stop clean
+.PHONY: run test serve reset bench bench-smoke wrk db db-stop clean
 
 run: $(VENV)/installed
 	$(DATABASE) && scripts/with_server.sh $(PYTHON) proof_of_correctness.py
@@ -16,6 +16,17 @@ test: $(VENV)/installed
 
 serve: $(VENV)/installed
 	$(DATABASE) && $(PYTHON) reset_db.py && $(VENV)/bin/gunicorn -c gunicorn.conf.py
+
+bench: $(VENV)/installed wrk
+	$(DATABASE) && $(PYTHON) bench/bench.py
+
+# A few seconds of every measurement, so that the benchmark keeps working; no figure is judged.
+bench-smoke: $(VENV)/installed wrk
+	$(DATABASE) && $(PYTHON) bench/bench.py --seconds 1 --no-scaling --burst-stock 100 \
+		--output bench/results/smoke.json
+
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 reset: $(VENV)/installed
 	$(DATABASE) && $(PYTHON) reset_db.py

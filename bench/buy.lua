@@ -1,8 +1,10 @@
 -- wrk script: POST /buy_ticket with a distinct user per request.
 -- Arguments (after --): items (buy items 1..items at random, default 1), run name (user prefix),
--- limit (stop after this many answers in all, default none).
--- Prints one line "RESULT {json}" with statuses, latency percentiles, the time of the last 201
--- (sold_out_seconds) and of the last answer, both from the first request.
+-- limit (stop after this many answers in all), threads (wrk's -t, to share the limit).
+-- Each user id ends with the time its request was sent; a 201 echoes it, which gives the
+-- latency of every purchase. Prints one line "RESULT {json}": statuses, latency percentiles of
+-- all answers and of the 201s alone, the time of the last 201 (sold_out_seconds) and of the
+-- last answer, both counted from the first request.
 local ffi = require("ffi")
 ffi.cdef [[
 typedef struct { long tv_sec; long tv_nsec; } timespec_t;
@@ -16,55 +18,68 @@ local function now()
 end
 
 local threads = {}
-local thread_count = 0
 
 function setup(thread)
-    thread_count = thread_count + 1
-    thread:set("id", thread_count)
     table.insert(threads, thread)
+    thread:set("id", #threads)
 end
 
 function init(args)
     items = tonumber(args[1]) or 1
     run = args[2] or "bench"
     local limit = tonumber(args[3])
-    share = limit and math.ceil(limit / args[4]) or nil
-    sent, answered, statuses = 0, 0, {}
+    share = limit and math.ceil(limit / tonumber(args[4])) or nil
+    sent, answered, statuses, purchase_ms = 0, 0, {}, {}
     started, last_created, last_answer = now(), 0, 0
     math.randomseed(id * 7919 + os.time())
 end
 
 function request()
     sent = sent + 1
-    local body = string.format('{"item_id": %d, "user_id": "%s-%d-%d"}', math.random(items), run, id, sent)
+    local user = string.format("%s-%d-%d-%.6f", run, id, sent, now())
+    local body = string.format('{"item_id": %d, "user_id": "%s"}', math.random(items), user)
     return wrk.format("POST", "/buy_ticket", { ["Content-Type"] = "application/json" }, body)
 end
 
-function response(status)
+function response(status, headers, body)
     answered = answered + 1
-    statuses[tostring(status)] = (statuses[tostring(status)] or 0) + 1
     last_answer = now()
-    if status == 201 then last_created = last_answer end
+    statuses[tostring(status)] = (statuses[tostring(status)] or 0) + 1
+    if status == 201 then
+        last_created = last_answer
+        local sent_at = tonumber(body:match('"user_id": "[^"]*%-([%d%.]+)"'))
+        if sent_at then table.insert(purchase_ms, (last_answer - sent_at) * 1000) end
+    end
     if share and answered >= share then wrk.thread:stop() end
 end
 
+local function percentile(sorted, fraction)
+    if #sorted == 0 then return -1 end
+    return sorted[math.min(#sorted, math.floor(fraction * #sorted) + 1)]
+end
+
 function done(summary, latency)
-    local statuses_all, first, last, finished = {}, math.huge, 0, 0
+    local statuses_all, purchases, first, last, finished = {}, {}, math.huge, 0, 0
     for _, thread in ipairs(threads) do
         for status, count in pairs(thread:get("statuses")) do
             statuses_all[status] = (statuses_all[status] or 0) + count
         end
+        for _, ms in ipairs(thread:get("purchase_ms")) do table.insert(purchases, ms) end
         first = math.min(first, thread:get("started"))
         last = math.max(last, thread:get("last_created"))
         finished = math.max(finished, thread:get("last_answer"))
     end
+    table.sort(purchases)
     local parts = {}
     for status, count in pairs(statuses_all) do table.insert(parts, string.format('"%s": %d', status, count)) end
     io.write(string.format(
         'RESULT {"requests": %d, "seconds": %.3f, "errors": %d, "statuses": {%s}, ' ..
-        '"p50_ms": %.2f, "p99_ms": %.2f, "max_ms": %.2f, "sold_out_seconds": %.3f, "answered_seconds": %.3f}\n',
+        '"p50_ms": %.2f, "p99_ms": %.2f, "max_ms": %.2f, ' ..
+        '"purchase_p50_ms": %.2f, "purchase_p99_ms": %.2f, "purchase_max_ms": %.2f, ' ..
+        '"sold_out_seconds": %.3f, "answered_seconds": %.3f}\n',
         summary.requests, summary.duration / 1e6,
         summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
         table.concat(parts, ", "), latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-        latency.max / 1000, last > 0 and (last - first) or -1, finished - first))
+        latency.max / 1000, percentile(purchases, 0.5), percentile(purchases, 0.99),
+        percentile(purchases, 1.0), last > 0 and (last - first) or -1, finished - first))
 end
