@@ -11,14 +11,14 @@ DB_NAME=flashsale
 
 # As root, the server runs as the postgres user, who may not be allowed into this checkout
 # (under /root, say): then the data lives in a folder of /tmp named after the checkout.
-if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$ROOT"; then
+if [ "$(id -u)" = 0 ] && ! (cd / && runuser -u postgres -- test -x "$ROOT"); then
     DATA=/tmp/flashsale-pgdata-$(echo "$ROOT" | cksum | cut -d' ' -f1)
 fi
 LOG=$DATA.log
 
 # PostgreSQL refuses to run as root: run its programs as the postgres user then.
 as_postgres() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 die() { echo "pg.sh: $*" >&2; exit 1; }
@@ -37,7 +37,7 @@ init() {
     mkdir -p "$DATA"
     if [ "$(id -u)" = 0 ]; then
         chown postgres: "$DATA"
-        runuser -u postgres -- test -w "$DATA" ||
+        as_postgres test -w "$DATA" ||
             die "the postgres user cannot reach $DATA: make its parent folders traversable (chmod o+x) or set DATABASE_URL"
     fi
     chmod 700 "$DATA"
