@@ -9,61 +9,34 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
-
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import db  # noqa: E402
 import reset_db  # noqa: E402
+from local_server import LocalServer  # noqa: E402
 
 BENCH = ROOT / "bench"
 PGBIN = Path(max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/bin")))
 AMPLE_STOCK = 100_000_000
 
 
-def fresh_address():
-    """A free port on a loopback address of its own, 127.x.y.z.
+def fresh_host():
+    """A loopback address of its own, 127.x.y.z, for each server.
 
     Sync workers close every connection, so the server keeps each one in TIME_WAIT for a
     minute; a later run that reused a (client port, server address) pair would see some of its
-    SYNs refused and retried a second later. A new server address per run avoids that."""
-    host = "127." + ".".join(str(random.randint(1, 254)) for _ in range(3))
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return f"{host}:{sock.getsockname()[1]}"
+    SYNs refused and retried a second later."""
+    return "127." + ".".join(str(random.randint(1, 254)) for _ in range(3))
 
 
-class Gunicorn:
-    """gunicorn with the project's gunicorn.conf.py, serving `app` on a free port."""
-
-    def __init__(self, workers, app="app:app"):
-        self.url = f"http://{fresh_address()}"
-        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
-                   "-b", self.url.removeprefix("http://"), app]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def __enter__(self):
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(self.url, timeout=1)
-                time.sleep(0.5)  # let every worker finish booting
-                return self
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise RuntimeError("gunicorn did not start")
-
-    def __exit__(self, *exc):
-        self.process.terminate()
-        self.process.wait(30)
+def gunicorn(workers, app="app:app"):
+    return LocalServer(app, host=fresh_host(), WEB_CONCURRENCY=str(workers))
 
 
 def wrk(url, seconds, connections, items=1, limit=None):
@@ -96,14 +69,14 @@ def database_ceiling(database_url, seconds, connections):
 def service_run(database_url, seconds, workers, stock, items=1, connections=50, limit=None):
     """Seed `items` items with `stock` units each, serve them with `workers` workers, load with wrk."""
     reset_db.reset(stock=stock, items=items, max_per_user=max(stock, 1), database_url=database_url)
-    with Gunicorn(workers) as server:
+    with gunicorn(workers) as server:
         return wrk(f"{server.url}/buy_ticket", seconds, connections, items, limit)
 
 
 def measure(database_url, seconds, workers, scaling, burst_stock):
     results = {"workers": workers, "seconds": seconds}
     results["database_ceiling"] = database_ceiling(database_url, seconds, workers)
-    with Gunicorn(workers, "bench.ceiling_app:app") as ceiling:
+    with gunicorn(workers, "bench.ceiling_app:app") as ceiling:
         results["http_ceiling"] = wrk(f"{ceiling.url}/buy_ticket", seconds, 50)
     results["purchases"] = service_run(database_url, seconds, workers, AMPLE_STOCK)
     results["sold_out"] = service_run(database_url, seconds, workers, 0)

@@ -1,0 +1,75 @@
+"""A real gunicorn of this project on a local port, for the tests, the benchmark and the chaos runs."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent
+
+
+def free_address(host="127.0.0.1"):
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return f"{host}:{sock.getsockname()[1]}"
+
+
+class LocalServer:
+    """gunicorn with gunicorn.conf.py serving `app`; `env` overrides the environment (WEB_CONCURRENCY...)."""
+
+    def __init__(self, app="app:app", host="127.0.0.1", **env):
+        address = free_address(host)
+        self.url = f"http://{address}"
+        self.log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", address, app],
+            cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def __enter__(self):
+        return self.wait_ready()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def output(self):
+        return Path(self.log.name).read_text(errors="replace")
+
+    def wait_ready(self, seconds=30):
+        """Wait until /readyz answers 200; raise with gunicorn's output if it never does."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{self.output()}")
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn was not ready within {seconds} s:\n{self.output()}")
+
+    def worker_pids(self):
+        found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
+        return [int(pid) for pid in found.stdout.split()]
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        os.unlink(self.log.name)
+
+    def buy(self, item_id=1, user_id="alice", quantity=1, key=None, timeout=15):
+        headers = {"Idempotency-Key": key} if key else {}
+        return requests.post(f"{self.url}/buy_ticket", timeout=timeout, headers=headers,
+                             json={"item_id": item_id, "user_id": user_id, "quantity": quantity})
