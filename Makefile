@@ -6,7 +6,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 DATABASE := DATABASE_URL="$$(scripts/pg.sh url)" && export DATABASE_URL
 
-.PHONY: run test serve reset bench bench-smoke wrk db db-stop clean
+.PHONY: run test serve reset chaos bench bench-smoke wrk db db-stop clean
 
 run: $(VENV)/installed
 	$(DATABASE) && scripts/with_server.sh $(PYTHON) proof_of_correctness.py
@@ -16,6 +16,9 @@ test: $(VENV)/installed
 
 serve: $(VENV)/installed
 	$(DATABASE) && $(PYTHON) reset_db.py && $(VENV)/bin/gunicorn -c gunicorn.conf.py
+
+chaos: $(VENV)/installed
+	$(DATABASE) && $(PYTHON) chaos.py
 
 bench: $(VENV)/installed wrk
 	$(DATABASE) && $(PYTHON) bench/bench.py

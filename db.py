@@ -65,7 +65,7 @@ def load_settings():
         database_url=database_url,
         pool_size=number_from_env("DB_POOL_SIZE", 1, int, 1),
         max_overflow=number_from_env("DB_MAX_OVERFLOW", 0, int, 0),
-        pool_timeout=number_from_env("DB_POOL_TIMEOUT", 1.0, float, 0.01),
+        pool_timeout=number_from_env("DB_POOL_TIMEOUT", 0.25, float, 0.01),
         retry_budget=number_from_env("DB_RETRY_BUDGET_SECONDS", 3.0, float, 0.01),
         sold_out_cache=number_from_env("SOLD_OUT_CACHE_SECONDS", 0.5, float, 0.0),
     )

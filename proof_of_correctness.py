@@ -24,11 +24,12 @@ REFUSAL_CODES = {"sold_out", "limit_reached"}
 
 @dataclass
 class Purchase:
-    """One logical purchase: every attempt's answer, latency and the purchase id it got."""
+    """One logical purchase: every attempt's answer, latency, time answered and the purchase id it got."""
     user_id: str
     key: str | None
     answers: list = field(default_factory=list)  # (status or None, code), one per attempt
     latencies: list = field(default_factory=list)
+    answered_at: list = field(default_factory=list)  # time.time(), one per attempt
     purchase_ids: list = field(default_factory=list)
 
     @property
@@ -81,6 +82,7 @@ def buy(purchase):
         except requests.RequestException as exc:
             purchase.answers.append((None, type(exc).__name__))
         purchase.latencies.append(time.perf_counter() - started)
+        purchase.answered_at.append(time.time())
         status = purchase.final[0]
         if status is not None and status != 503:
             break

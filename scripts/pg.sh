@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The private PostgreSQL of this checkout: start | stop | status | url.
+# The private PostgreSQL of this checkout: start | stop | status | url | private-url | restart.
 # `url` prints DATABASE_URL when it is set (in the environment or in .env), and otherwise
-# starts the private server if needed and prints its address.
+# starts the private server if needed and prints its address, as `private-url` always does.
+# `restart fast|immediate [seconds]` restarts it on the same port (immediate: a crash), down
+# for that many seconds, for chaos runs.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -79,7 +81,15 @@ case "${1:-}" in
         configured=$(configured_url)
         if [ -z "$configured" ]; then start; configured=$(url); fi
         echo "$configured" ;;
+    restart)  # fast: a clean shutdown; immediate: a crash, recovered from the WAL at start
+        port=$(port)
+        as_postgres "$PGBIN/pg_ctl" -D "$DATA" -m "${2:-fast}" -w stop >/dev/null
+        sleep "${3:-0}"  # seconds to stay down
+        as_postgres "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 -o "-p $port -k /tmp" start >/dev/null ||
+            die "could not restart PostgreSQL; see $LOG"
+        echo "PostgreSQL restarted (${2:-fast}) on port $port" ;;
+    private-url) start; url ;;
     stop) if running; then as_postgres "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null; fi; echo "PostgreSQL stopped" ;;
     status) if running; then echo "running on port $(port)"; else echo "stopped"; fi ;;
-    *) die "usage: scripts/pg.sh start|stop|status|url" ;;
+    *) die "usage: scripts/pg.sh start | stop | status | url | private-url | restart fast|immediate [seconds down]" ;;
 esac

@@ -1,0 +1,43 @@
+"""Short chaos runs: every fault mode during a --retry burst through real gunicorn."""
+import pytest
+
+import chaos
+
+
+def short_run(mode):
+    options = chaos.parse_options([mode, "--requests", "1500", "--stock", "1200", "--processes", "20",
+                                   "--pause", "0.25"])
+    return chaos.run_mode(mode, options)
+
+
+def assert_kept_every_promise(result, failures):
+    assert failures == []
+    assert result["verdict"] == "ok"
+    assert result["201"] == 1200 and result["409"] == 300
+    assert result["500"] == 0 and result["lost"] == 0 and result["double sales"] == 0
+    assert result["recovery s"] is not None, "no sale after the last fault"
+
+
+@pytest.mark.parametrize("mode, faults", [("kill-worker", 3), ("kill-connections", 3)])
+def test_faults_lose_and_double_nothing(mode, faults):
+    result, failures = short_run(mode)
+    assert_kept_every_promise(result, failures)
+    assert result["faults"] == faults
+
+
+def test_lock_hog_answers_503_within_the_budget_then_sales_resume():
+    result, failures = short_run("lock-hog")
+    assert_kept_every_promise(result, failures)
+    assert result["503"] >= 1
+    assert result["recovery s"] < 1.0
+
+
+def test_database_restarts_lose_nothing(conn):
+    options = chaos.parse_options([])
+    if not chaos.private_database(options):
+        pytest.skip("DATABASE_URL is not the private PostgreSQL that restart-db restarts")
+    conn.close()
+    result, failures = short_run("restart-db")
+    assert_kept_every_promise(result, failures)
+    assert result["faults"] == 2
+    assert result["recovery s"] < 5.0
