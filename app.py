@@ -12,6 +12,7 @@ import db
 load_dotenv(Path(__file__).parent / ".env", override=False)
 
 MAX_BODY_BYTES = 4096
+BODY_TIMEOUT_SECONDS = 5  # well under gunicorn's worker timeout
 MAX_INT = 2**31 - 1  # PostgreSQL integer
 MAX_QUANTITY = 1000
 RETRY_AFTER_SECONDS = 1
@@ -31,7 +32,8 @@ REFUSALS = {
     "key_reused": (422, "idempotency_key_reused", "Idempotency key reused",
                    "This Idempotency-Key was already used for a different purchase."),
 }
-HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+HTTP_ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                    413: "payload_too_large"}
 
 
 class Problem(Exception):
@@ -79,12 +81,23 @@ JSON_DECODER = json.JSONDecoder(object_pairs_hook=reject_duplicate_keys, parse_c
 
 
 def read_body():
-    """The request body. A declared length within the limit is read straight from the socket;
-    anything else goes through werkzeug's stream, which answers 413 past MAX_CONTENT_LENGTH."""
+    """The request body, within BODY_TIMEOUT_SECONDS under gunicorn. A declared length within the
+    limit is read straight from the socket; anything else goes through werkzeug's stream, which
+    answers 413 past MAX_CONTENT_LENGTH."""
+    client = request.environ.get("gunicorn.socket")
+    if client is not None:
+        client.settimeout(BODY_TIMEOUT_SECONDS)  # a slow client frees its sync worker in time
     length = request.content_length
-    if length is not None and length <= MAX_BODY_BYTES:
-        return request.input_stream.read(length)
-    return request.get_data()
+    try:
+        if length is None or length > MAX_BODY_BYTES:
+            return request.get_data()
+        body = request.input_stream.read(length)
+    except TimeoutError:
+        raise Problem(408, "request_timeout", "Request timeout",
+                      f"The body did not arrive within {BODY_TIMEOUT_SECONDS} seconds.") from None
+    if len(body) != length:
+        raise Problem(400, "invalid_json", "Invalid JSON", "The body ended before its Content-Length.")
+    return body
 
 
 def parse_json_object():

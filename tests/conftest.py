@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -13,6 +14,10 @@ if not os.environ.get("DATABASE_URL"):
 # The tests reset the sale all the time: no process may remember an earlier sell-out.
 # tests/test_sold_out_cache.py turns the cache on where it tests it.
 os.environ["SOLD_OUT_CACHE_SECONDS"] = "0"
+
+# CI replays the same generated examples every run; a developer's run explores new ones.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 import app as service  # noqa: E402
 import db  # noqa: E402
@@ -68,3 +73,11 @@ def purchases(conn, item_id=1):
 
 def item(conn, item_id=1):
     return conn.execute(db.query("get_item"), {"item_id": item_id}).fetchone()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzzing figures: how many generated requests were sent, how many got a 5xx."""
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and fuzz.SENT["requests"]:
+        terminalreporter.write_line(
+            f"fuzz: {fuzz.SENT['requests']} generated requests, {fuzz.SENT['5xx']} answered 5xx")

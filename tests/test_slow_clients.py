@@ -1,0 +1,74 @@
+"""Slow clients through real gunicorn: each pins one sync worker at most, and only for a while."""
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import app as service
+
+GUNICORN_TIMEOUT = service.BODY_TIMEOUT_SECONDS + 3
+
+
+def connect(server):
+    host, port = server.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=GUNICORN_TIMEOUT + 10)
+
+
+def dribble(sock, data, pause):
+    """Send the data a byte at a time; stop when the server closes the connection."""
+    try:
+        for byte in data:
+            sock.sendall(bytes([byte]))
+            time.sleep(pause)
+    except OSError:
+        pass
+
+
+def read_until_closed(sock):
+    answer = b""
+    try:
+        while chunk := sock.recv(4096):
+            answer += chunk
+    except ConnectionResetError:
+        pass
+    return answer
+
+
+def test_slow_clients_pin_only_their_own_workers_and_only_for_a_while(start_server, reset):
+    reset(stock=100)
+    server = start_server(WEB_CONCURRENCY="4", GUNICORN_CMD_ARGS=f"--timeout {GUNICORN_TIMEOUT}").wait_ready()
+    body = b'{"item_id": 1, "user_id": "slow"}'
+    head = (b"POST /buy_ticket HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    opened = time.monotonic()
+    idle = connect(server)  # opened, never written to
+    stalled = connect(server)  # the headers and half the body, then nothing
+    stalled.sendall(head + body[:10])
+    dribbler = connect(server)  # the headers, then the body a byte every half second
+    dribbler.sendall(head)
+    threading.Thread(target=dribble, args=(dribbler, body, 0.5), daemon=True).start()
+    time.sleep(0.5)  # three of the four workers now wait on slow clients
+
+    started = time.monotonic()
+    answers = [server.buy(user_id=f"fast-{n}", timeout=GUNICORN_TIMEOUT).status_code for n in range(10)]
+    assert answers == [201] * 10
+    assert time.monotonic() - started < 2, "the free worker was stalled"
+
+    # A body that stops arriving gets a 408 problem once a read waits BODY_TIMEOUT_SECONDS.
+    answer = read_until_closed(stalled)
+    assert answer.startswith(b"HTTP/1.1 408") and b'"code": "request_timeout"' in answer
+    assert service.BODY_TIMEOUT_SECONDS - 1 < time.monotonic() - opened < service.BODY_TIMEOUT_SECONDS + 2
+
+    # Clients that never finish their headers, or trickle their body, are cut by gunicorn's
+    # worker timeout: gunicorn kills and replaces the worker.
+    for sock in (idle, dribbler):
+        read_until_closed(sock)
+        assert GUNICORN_TIMEOUT - 1 < time.monotonic() - opened < GUNICORN_TIMEOUT + 3
+        sock.close()
+    stalled.close()
+
+    server.wait_ready()
+    with ThreadPoolExecutor(4) as pool:
+        started = time.monotonic()
+        parallel = list(pool.map(lambda n: server.buy(user_id=f"after-{n}").status_code, range(4)))
+    assert parallel == [201] * 4 and time.monotonic() - started < 2
