@@ -133,8 +133,17 @@ def _transaction(conn, seconds_left, statements):
     return cursor.fetchall()
 
 
+# time.monotonic() until which this process answers 503 at once: a moment ago no connection to
+# the database could be had, and waiting on the pool again would only queue the buyers behind it.
+UNREACHABLE_HOLD_SECONDS = 0.5
+_unreachable_until = 0.0
+
+
 def _run(*statements):
     """Run one transaction, retrying transient failures with backoff until the budget is spent."""
+    global _unreachable_until
+    if time.monotonic() < _unreachable_until:
+        raise Unavailable("the database was unreachable a moment ago")
     pool = open_pool()
     deadline = time.monotonic() + _settings.retry_budget
     for attempt in itertools.count():
@@ -142,7 +151,10 @@ def _run(*statements):
         try:
             with pool.connection(timeout=min(_settings.pool_timeout, seconds_left)) as conn:
                 return _transaction(conn, deadline - time.monotonic(), statements)
-        except (PoolTimeout, errors.QueryCanceled) as exc:
+        except PoolTimeout as exc:
+            _unreachable_until = time.monotonic() + UNREACHABLE_HOLD_SECONDS
+            raise Unavailable(str(exc)) from exc
+        except errors.QueryCanceled as exc:
             raise Unavailable(str(exc)) from exc
         except TRANSIENT as exc:
             pause = random.uniform(0, min(1.0, 0.02 * 2**attempt))  # full jitter
