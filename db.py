@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 from psycopg import errors
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout  # noqa: F401 (PoolTimeout: gunicorn.conf.py)
 
 QUERIES = Path(__file__).parent / "queries"
 APPLICATION_NAME = "flashsale"
@@ -103,6 +103,7 @@ def open_pool():
                 "autocommit": True,
                 "row_factory": dict_row,
                 "application_name": APPLICATION_NAME,
+                "prepare_threshold": 0,  # prepare every statement at its first use
                 "options": f"-c statement_timeout={int(_settings.retry_budget * 1000)}",
             },
             name=f"{APPLICATION_NAME}-{os.getpid()}",

@@ -33,7 +33,12 @@ control_socket_disable = True
 
 
 def post_fork(server, worker):
-    db.open_pool()
+    """Open the worker's pool and give it a moment to connect before the first request; a
+    database that is down does not stop the worker, whose pool keeps trying."""
+    try:
+        db.open_pool().wait(timeout=5)
+    except db.PoolTimeout:
+        worker.log.warning("no database connection yet; the pool keeps trying")
 
 
 def worker_exit(server, worker):

@@ -1,3 +1,4 @@
--- Drops every table of the service, with all their rows.
+-- Drops every table of the service, with all their rows. Items first: purchases lock the item
+-- row before they write a purchase, so taking the tables in that order cannot deadlock with them.
 -- Parameters: none.
-DROP TABLE IF EXISTS purchases, items
+DROP TABLE IF EXISTS items, purchases
