@@ -20,17 +20,17 @@ BUY_FIELDS = {"item_id", "user_id", "quantity"}
 CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # Unicode categories Cc and Cs
 VISIBLE_ASCII = re.compile("[!-~]{1,255}")
 
-# Answers of buy_ticket.sql that refuse the purchase: status, code, title, detail.
+# Outcomes of buy_ticket.sql that refuse the purchase, each the `code` of its answer:
+# status, title, detail.
 REFUSALS = {
-    "item_not_found": (404, "item_not_found", "Item not found", "There is no item {item_id}."),
-    "sale_not_started": (409, "sale_not_started", "Sale not started",
-                         "The sale of item {item_id} has not started yet."),
-    "sale_ended": (409, "sale_ended", "Sale ended", "The sale of item {item_id} has ended."),
-    "sold_out": (409, "sold_out", "Sold out", "Item {item_id} has fewer than {quantity} units left."),
-    "limit_reached": (409, "limit_reached", "Purchase limit reached",
+    "item_not_found": (404, "Item not found", "There is no item {item_id}."),
+    "sale_not_started": (409, "Sale not started", "The sale of item {item_id} has not started yet."),
+    "sale_ended": (409, "Sale ended", "The sale of item {item_id} has ended."),
+    "sold_out": (409, "Sold out", "Item {item_id} has fewer than {quantity} units left."),
+    "limit_reached": (409, "Purchase limit reached",
                       "User {user_id!r} would exceed the per-user limit of item {item_id}."),
-    "key_reused": (422, "idempotency_key_reused", "Idempotency key reused",
-                   "This Idempotency-Key was already used for a different purchase."),
+    "idempotency_key_reused": (422, "Idempotency key reused",
+                               "This Idempotency-Key was already used for a different purchase."),
 }
 HTTP_ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                     413: "payload_too_large"}
@@ -167,10 +167,11 @@ def create_app():
             row = db.buy_ticket(item_id, user_id, quantity, key)
         except db.Unavailable:
             raise overloaded() from None
-        if row["outcome"] in REFUSALS:
-            status, code, title, detail = REFUSALS[row["outcome"]]
+        outcome = row["outcome"]
+        if outcome in REFUSALS:
+            status, title, detail = REFUSALS[outcome]
             detail = detail.format(item_id=item_id, user_id=user_id, quantity=quantity)
-            return problem_response(Problem(status, code, title, detail))
+            return problem_response(Problem(status, outcome, title, detail))
         purchase = {
             "purchase_id": row["purchase_id"],
             "item_id": row["item_id"],
@@ -178,7 +179,7 @@ def create_app():
             "quantity": row["quantity"],
             "remaining": row["remaining"],
         }
-        replayed = row["outcome"] == "replayed" and key is not None
+        replayed = outcome == "replayed" and key is not None
         return json_response(purchase, 201, {"Idempotent-Replayed": "true"} if replayed else None)
 
     @app.get("/items/<int:item_id>")
@@ -202,7 +203,7 @@ def create_app():
     def readyz():
         if db.ping():
             return json_response({"status": "ready"})
-        raise overloaded()
+        raise Problem(503, "not_ready", "Not ready", "The database did not answer within a second.")
 
     @app.errorhandler(Problem)
     def handle_problem(problem):

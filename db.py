@@ -1,5 +1,6 @@
 """Database access: settings, the per-process connection pool, the SQL of queries/, retries."""
 import itertools
+import math
 import os
 import random
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import psycopg
 from psycopg import errors
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout  # noqa: F401 (PoolTimeout: gunicorn.conf.py)
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 QUERIES = Path(__file__).parent / "queries"
 APPLICATION_NAME = "flashsale"
@@ -51,7 +52,7 @@ def number_from_env(name, default, kind, minimum):
         value = kind(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value >= minimum:  # also refuses nan
+    if not (value >= minimum and math.isfinite(value)):  # also refuses nan and inf
         raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
     return value
 
@@ -200,7 +201,7 @@ def ping(timeout=1.0):
     """True when the database answers within `timeout` seconds."""
     try:
         with open_pool().connection(timeout=timeout) as conn:
-            with conn.pipeline(), conn.transaction():
+            with conn.transaction(), conn.pipeline():
                 conn.execute(query("set_statement_timeout"), {"milliseconds": int(timeout * 1000)})
                 conn.execute(query("ping"))
         return True

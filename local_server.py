@@ -13,6 +13,20 @@ import requests
 ROOT = Path(__file__).resolve().parent
 
 
+def wait_until_ready(url, seconds, process=None):
+    """True once the service at `url` answers /readyz with 200; False after `seconds`, or as soon
+    as its gunicorn `process`, when given, has exited."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
+        try:
+            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def free_address(host="127.0.0.1"):
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -42,17 +56,9 @@ class LocalServer:
 
     def wait_ready(self, seconds=30):
         """Wait until /readyz answers 200; raise with gunicorn's output if it never does."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited:\n{self.output()}")
-            try:
-                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"gunicorn was not ready within {seconds} s:\n{self.output()}")
+        if not wait_until_ready(self.url, seconds, self.process):
+            raise RuntimeError(f"gunicorn was not ready within {seconds} s:\n{self.output()}")
+        return self
 
     def worker_pids(self):
         found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)

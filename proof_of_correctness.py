@@ -17,6 +17,7 @@ from dotenv import load_dotenv
 
 import db
 import reset_db
+from local_server import wait_until_ready
 
 ITEM_ID = 1
 REFUSAL_CODES = {"sold_out", "limit_reached"}
@@ -89,18 +90,6 @@ def buy(purchase):
         if attempt + 1 < options.attempts:
             time.sleep(retry_pause(response, attempt))
     return purchase
-
-
-def wait_until_ready(url, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return True
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    return False
 
 
 def percentile(values, fraction):

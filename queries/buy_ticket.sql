@@ -1,10 +1,10 @@
 -- Decides one purchase and, if it is a sale, records it and takes the units off the stock.
 -- Runs right after lock_item.sql in the same transaction: its snapshot is taken once the
 -- row lock is held, so it sees every earlier purchase of the item.
--- Answers one row: outcome, one of 'sold', 'replayed', 'key_reused', 'item_not_found',
--- 'sale_not_started', 'sale_ended', 'sold_out', 'limit_reached'; for 'sold' and 'replayed'
--- the purchase's id, item_id and quantity; and `remaining`: the stock left right after the
--- purchase for 'sold' and 'replayed', the item's stock left now otherwise.
+-- Answers one row: outcome, one of 'sold', 'replayed', 'idempotency_key_reused',
+-- 'item_not_found', 'sale_not_started', 'sale_ended', 'sold_out', 'limit_reached'; for 'sold'
+-- and 'replayed' the purchase's id, item_id and quantity; and `remaining`: the stock left right
+-- after the purchase for 'sold' and 'replayed', the item's stock left now otherwise.
 -- Parameters: item_id, user_id, quantity, idempotency_key.
 WITH request AS (
     SELECT %(item_id)s::integer AS item_id, %(user_id)s::text AS user_id,
@@ -26,7 +26,7 @@ verdict AS (
     SELECT CASE
                WHEN earlier.id IS NOT NULL AND earlier.item_id = request.item_id
                     AND earlier.quantity = request.quantity THEN 'replayed'
-               WHEN earlier.id IS NOT NULL THEN 'key_reused'
+               WHEN earlier.id IS NOT NULL THEN 'idempotency_key_reused'
                WHEN item.id IS NULL THEN 'item_not_found'
                WHEN now() < item.sale_starts_at THEN 'sale_not_started'
                WHEN now() >= item.sale_ends_at THEN 'sale_ended'
