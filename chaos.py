@@ -70,23 +70,23 @@ def inject(mode, server, pause, report):
     report["faults_ended_at"] = time.time()
 
 
-def figures(mode, purchases, failures, report):
+def figures(mode, purchases, rows, failures, report):
     """The closing figures of one mode, as a dict."""
-    attempts = Counter(status for p in purchases for status, _ in p.answers)
-    recovered = [at for p in purchases for (status, _), at in zip(p.answers, p.answered_at)
-                 if status == 201 and at > report["faults_ended_at"]]
-    rows_by_key = report["rows_by_key"]
+    attempts = [(status, latency, at) for p in purchases
+                for (status, _), latency, at in zip(p.answers, p.latencies, p.answered_at)]
+    statuses = Counter(status for status, _, _ in attempts)
+    rows_by_key = Counter(row["idempotency_key"] for row in rows)
+    recovered = [at for status, _, at in attempts if status == 201 and at > report["faults_ended_at"]]
     return {
         "mode": mode,
-        "requests": sum(attempts.values()),
+        "requests": len(attempts),
         "faults": report["faults"],
         "201": sum(p.acknowledged for p in purchases),
         "409": sum(p.final[0] == 409 for p in purchases),
-        "503": attempts[503],
-        "503 max s": round(max((latency for p in purchases for (status, _), latency in zip(p.answers, p.latencies)
-                                if status == 503), default=0), 2),
-        "500": attempts[500],
-        "transport errors": attempts[None],
+        "503": statuses[503],
+        "503 max s": round(max((latency for status, latency, _ in attempts if status == 503), default=0), 2),
+        "500": statuses[500],
+        "transport errors": statuses[None],
         "lost": sum(rows_by_key[p.key] != 1 for p in purchases if p.acknowledged),
         "double sales": sum(count > 1 for count in rows_by_key.values())
         + sum(len(set(p.purchase_ids)) > 1 for p in purchases),
@@ -107,9 +107,8 @@ def run_mode(mode, options):
         purchases = proof.run_burst(options, proof.make_purchases(options))
         faults.join()
     item, rows = proof.database_state(options.database_url)
-    report["rows_by_key"] = Counter(row["idempotency_key"] for row in rows)
     failures = proof.verdict(options, purchases, item, rows)
-    return figures(mode, purchases, failures, report), failures
+    return figures(mode, purchases, rows, failures, report), failures
 
 
 def parse_options(argv):

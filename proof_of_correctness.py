@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import requests
 from dotenv import load_dotenv
 
@@ -220,7 +221,12 @@ def make_purchases(options):
 def main(argv=None):
     load_dotenv(Path(__file__).parent / ".env", override=False)
     options = parse_options(argv)
-    reset_db.reset(stock=options.stock, max_per_user=options.max_per_user, database_url=options.database_url)
+    try:
+        reset_db.reset(stock=options.stock, max_per_user=options.max_per_user,
+                       database_url=options.database_url)
+    except psycopg.Error as exc:
+        print(f"FAILURE: cannot reset the database: {exc}")
+        return 1
     if not wait_until_ready(options.url, options.wait):
         print(f"FAILURE: the service at {options.url} was not ready within {options.wait:.0f} s")
         return 1
