@@ -14,7 +14,7 @@ load_dotenv(Path(__file__).parent / ".env", override=False)
 import db  # noqa: E402  (after .env is loaded)
 
 try:
-    db.load_settings()
+    settings = db.load_settings()
     workers = db.number_from_env("WEB_CONCURRENCY", 4, int, 1)
 except db.ConfigError as exc:
     sys.exit(f"Invalid configuration: {exc}")
@@ -25,9 +25,8 @@ worker_class = "sync"
 _api = urlsplit(os.environ.get("API_URL", "http://127.0.0.1:8000"))
 bind = os.environ.get("BIND") or f"{_api.hostname}:{_api.port or 80}"
 # Well above DB_RETRY_BUDGET_SECONDS: a request answers 503 long before the worker is killed.
-timeout = 30
+timeout = max(30, int(3 * settings.retry_budget))
 graceful_timeout = 10
-keepalive = 2
 accesslog = None
 control_socket_disable = True
 
