@@ -81,13 +81,28 @@ def service_run(database_url, seconds, workers, stock, items=1, connections=50, 
         return wrk(f"{server.url}/buy_ticket", seconds, connections, items, limit)
 
 
+def http_ceiling(seconds, workers):
+    with gunicorn(workers, "bench.ceiling_app:app") as ceiling:
+        return wrk(f"{ceiling.url}/buy_ticket", seconds, 50)
+
+
+def bracketed(ceiling, service):
+    """Measure the ceiling just before and just after the service; the ceiling is their mean.
+    The machine drifts by several percent within a minute, which a single sample would pass on."""
+    before, measured, after = ceiling(), service(), ceiling()
+    mean = {"per_second": (before["per_second"] + after["per_second"]) / 2,
+            "samples": [before["per_second"], after["per_second"]]}
+    return {**before, **mean}, measured
+
+
 def measure(database_url, seconds, workers, scaling, burst_stock):
     results = {"workers": workers, "seconds": seconds}
-    results["database_ceiling"] = database_ceiling(database_url, seconds, workers)
-    with gunicorn(workers, "bench.ceiling_app:app") as ceiling:
-        results["http_ceiling"] = wrk(f"{ceiling.url}/buy_ticket", seconds, 50)
-    results["purchases"] = service_run(database_url, seconds, workers, AMPLE_STOCK)
-    results["sold_out"] = service_run(database_url, seconds, workers, 0)
+    results["database_ceiling"], results["purchases"] = bracketed(
+        lambda: database_ceiling(database_url, seconds, workers),
+        lambda: service_run(database_url, seconds, workers, AMPLE_STOCK))
+    results["http_ceiling"], results["sold_out"] = bracketed(
+        lambda: http_ceiling(seconds, workers),
+        lambda: service_run(database_url, seconds, workers, 0))
     # wrk runs for its whole -d even when its thread stopped early: the figures come from buy.lua.
     burst = service_run(database_url, 10, workers, burst_stock, limit=10 * burst_stock, warm_up=True)
     with db.connect(database_url) as conn:
@@ -121,6 +136,9 @@ def print_table(results):
     for name, rate, p50, p99, peak in rows:
         numbers = "".join(f" {value:>8.1f}" if value != "" else f" {'':>8}" for value in (p50, p99, peak))
         print(f"{name:<30} {rate:>9.0f}{numbers}")
+    print("ceilings, measured just before and just after the service: database "
+          + " / ".join(f"{rate:.0f}" for rate in results["database_ceiling"]["samples"]) + ", HTTP "
+          + " / ".join(f"{rate:.0f}" for rate in results["http_ceiling"]["samples"]) + " (the table shows the mean)")
     burst = results["burst"]
     print(f"burst: {burst['requests']} requests for {burst['stock']} units from 50 connections, "
           f"answers {burst['statuses']}, transport errors {burst['errors']}: sold out after "
