@@ -160,7 +160,10 @@ def parse_purchase(environ):
 
 
 def create_app():
-    db.load_settings()  # refuse to start on a bad configuration
+    try:
+        db.load_settings()
+    except db.ConfigError as exc:
+        raise SystemExit(f"Invalid configuration: {exc}") from None
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
