@@ -17,8 +17,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 QUERIES = Path(__file__).parent / "queries"
 APPLICATION_NAME = "flashsale"
 
-# Failures after which the whole transaction may simply run again: nothing of it was
-# committed, or (a lost connection) the purchase's idempotency key makes the retry find it.
+# Failures after which the whole transaction may simply run again: nothing of it was committed
+# (a UniqueViolation is a purchase decided on a stale snapshot, see buy_ticket.sql), or, after a
+# lost connection, the purchase's idempotency key makes the retry find it.
 TRANSIENT = (
     errors.SerializationFailure,
     errors.DeadlockDetected,
@@ -120,19 +121,16 @@ def close_pool():
         _pool = None
 
 
-def _transaction(conn, seconds_left, statements):
-    """Run the (name, params) statements in one transaction; return the last one's rows.
+def _transaction(conn, seconds_left, name, params):
+    """Run the statement of queries/<name>.sql in a transaction of its own; return its rows.
 
-    The statements go to the server together, as one pipeline, after BEGIN: the row lock is
-    held for one round trip only, until COMMIT. Every connection starts with the whole budget
-    as its statement_timeout; a retry, with less left, lowers it for its own transaction."""
-    with conn.transaction(), conn.pipeline():
+    Every connection starts with the whole budget as its statement_timeout; a retry, with less
+    left, lowers it for its own transaction."""
+    with conn.transaction():
         if seconds_left < _settings.retry_budget - 0.01:
             milliseconds = max(1, int(seconds_left * 1000))
             conn.execute(query("set_statement_timeout"), {"milliseconds": milliseconds})
-        for name, params in statements:
-            cursor = conn.execute(query(name), params)
-    return cursor.fetchall()
+        return conn.execute(query(name), params).fetchall()
 
 
 # time.monotonic() until which this process answers 503 at once: a moment ago no connection to
@@ -141,8 +139,9 @@ UNREACHABLE_HOLD_SECONDS = 0.5
 _unreachable_until = 0.0
 
 
-def _run(*statements):
-    """Run one transaction, retrying transient failures with backoff until the budget is spent."""
+def _run(name, params):
+    """Run one statement in a transaction, retrying transient failures with backoff until the
+    budget is spent."""
     global _unreachable_until
     if time.monotonic() < _unreachable_until:
         raise Unavailable("the database was unreachable a moment ago")
@@ -152,7 +151,7 @@ def _run(*statements):
         seconds_left = deadline - time.monotonic()
         try:
             with pool.connection(timeout=min(_settings.pool_timeout, seconds_left)) as conn:
-                return _transaction(conn, deadline - time.monotonic(), statements)
+                return _transaction(conn, deadline - time.monotonic(), name, params)
         except PoolTimeout as exc:
             _unreachable_until = time.monotonic() + UNREACHABLE_HOLD_SECONDS
             raise Unavailable(str(exc)) from exc
@@ -185,7 +184,7 @@ def buy_ticket(item_id, user_id, quantity, idempotency_key=None):
         "quantity": quantity,
         "idempotency_key": idempotency_key or str(uuid.uuid4()),
     }
-    row = _run(("lock_item", params), ("buy_ticket", params))[0]
+    row = _run("buy_ticket", params)[0]
     if row["outcome"] in ("sold", "sold_out") and row["remaining"] == 0 and _settings.sold_out_cache:
         _sold_out_until[item_id] = time.monotonic() + _settings.sold_out_cache
     return row
@@ -193,7 +192,7 @@ def buy_ticket(item_id, user_id, quantity, idempotency_key=None):
 
 def get_item(item_id):
     """The item's row of get_item.sql, or None."""
-    rows = _run(("get_item", {"item_id": item_id}))
+    rows = _run("get_item", {"item_id": item_id})
     return rows[0] if rows else None
 
 

@@ -9,7 +9,7 @@ from dotenv import load_dotenv
 
 import db
 
-SCHEMA = ["drop_schema", "create_items", "create_purchases", "create_purchases_by_user_index"]
+SCHEMA = ["drop_schema", "create_items", "create_purchases"]
 
 
 def reset(stock=100, items=1, max_per_user=None, sale_starts_at=None, sale_ends_at=None,

@@ -1,6 +1,12 @@
--- Decides one purchase and, if it is a sale, records it and takes the units off the stock.
--- Runs right after lock_item.sql in the same transaction: its snapshot is taken once the
--- row lock is held, so it sees every earlier purchase of the item.
+-- Decides one purchase and, if it is a sale, records it and takes the units off the stock, in
+-- one statement: the item's row lock is held from here to COMMIT, one round trip later.
+-- `item` locks the item's row (FOR UPDATE): purchases of an item queue there, and the row it
+-- returns is the latest, whatever committed while this one waited. The purchases are read in the
+-- snapshot the statement started with, which misses any purchase committed while it waited.
+-- A constraint then makes the INSERT fail instead of selling on that stale view, and db.py runs
+-- the statement again in a fresh snapshot: UNIQUE (user_id, idempotency_key) for a missed
+-- replay, and UNIQUE (item_id, user_id, bought_before) for the per-user limit, since the first
+-- missed purchase of this user and item has exactly the `bought_before` computed here.
 -- Answers one row: outcome, one of 'sold', 'replayed', 'idempotency_key_reused',
 -- 'item_not_found', 'sale_not_started', 'sale_ended', 'sold_out', 'limit_reached'; for 'sold'
 -- and 'replayed' the purchase's id, item_id and quantity; and `remaining`: the stock left right
@@ -12,6 +18,7 @@ WITH request AS (
 ),
 item AS (
     SELECT items.* FROM items, request WHERE items.id = request.item_id
+    FOR UPDATE OF items
 ),
 earlier AS (
     SELECT purchases.* FROM purchases, request
@@ -41,10 +48,10 @@ verdict AS (
     LEFT JOIN earlier ON true
 ),
 purchase AS (
-    INSERT INTO purchases (item_id, user_id, quantity, idempotency_key, remaining_after)
+    INSERT INTO purchases (item_id, user_id, quantity, idempotency_key, bought_before, remaining_after)
     SELECT request.item_id, request.user_id, request.quantity, request.idempotency_key,
-           verdict.remaining - request.quantity
-    FROM request, verdict
+           bought.quantity, verdict.remaining - request.quantity
+    FROM request, verdict, bought
     WHERE verdict.outcome = 'sold'
     RETURNING id, item_id, quantity, remaining_after
 ),

@@ -45,7 +45,9 @@ def test_burst_sells_exactly_the_stock(server, reset, conn):
     assert answers(responses) == {(201, "created"): 100, (409, "sold_out"): 500}
     rows = purchases(conn)
     assert len(rows) == 100 and item(conn)["remaining"] == 0
-    assert sorted(r.json()["purchase_id"] for r in responses if r.status_code == 201) == [row["id"] for row in rows]
+    sales = [r.json() for r in responses if r.status_code == 201]
+    assert sorted(sale["purchase_id"] for sale in sales) == [row["id"] for row in rows]
+    assert sorted(sale["remaining"] for sale in sales) == list(range(100))  # each saw the last sale
 
 
 def test_one_user_in_parallel_never_exceeds_the_limit(server, reset, conn):
@@ -53,6 +55,20 @@ def test_one_user_in_parallel_never_exceeds_the_limit(server, reset, conn):
     responses = in_parallel(lambda n: server.buy(user_id="greedy"), range(50))
     assert answers(responses) == {(201, "created"): 3, (409, "limit_reached"): 47}
     assert sum(row["quantity"] for row in purchases(conn)) == 3
+
+
+def test_buyers_queued_on_the_row_lock_see_the_purchases_made_meanwhile(server, reset, conn):
+    """Requests that start while the item is locked decide on a snapshot older than the purchases
+    made before them; the per-user limit still holds."""
+    reset(stock=100, max_per_user=2)
+    with ThreadPoolExecutor(8) as pool:
+        with db.connect() as hog, hog.transaction():
+            hog.execute(db.query("lock_item"), {"item_id": 1})
+            futures = [pool.submit(server.buy, user_id="queued") for _ in range(8)]
+            time.sleep(0.5)  # the server's four workers now wait for the lock
+        responses = [future.result() for future in futures]
+    assert answers(responses) == {(201, "created"): 2, (409, "limit_reached"): 6}
+    assert sum(row["quantity"] for row in purchases(conn)) == 2
 
 
 def test_racing_duplicates_sell_once(server, reset, conn):
