@@ -124,13 +124,15 @@ def close_pool():
 def _transaction(conn, seconds_left, name, params):
     """Run the statement of queries/<name>.sql in a transaction of its own; return its rows.
 
-    Every connection starts with the whole budget as its statement_timeout; a retry, with less
-    left, lowers it for its own transaction."""
+    The rows are made into dicts after COMMIT, which releases the row locks. Every connection
+    starts with the whole budget as its statement_timeout; a retry, with less left, lowers it
+    for its own transaction."""
     with conn.transaction():
         if seconds_left < _settings.retry_budget - 0.01:
             milliseconds = max(1, int(seconds_left * 1000))
             conn.execute(query("set_statement_timeout"), {"milliseconds": milliseconds})
-        return conn.execute(query(name), params).fetchall()
+        cursor = conn.execute(query(name), params)
+    return cursor.fetchall()
 
 
 # time.monotonic() until which this process answers 503 at once: a moment ago no connection to
