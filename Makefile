@@ -25,7 +25,7 @@ bench: $(VENV)/installed wrk
 
 # A few seconds of every measurement, so that the benchmark keeps working; no figure is judged.
 bench-smoke: $(VENV)/installed wrk
-	$(DATABASE) && $(PYTHON) bench/bench.py --seconds 1 --no-scaling --burst-stock 100 \
+	$(DATABASE) && $(PYTHON) bench/bench.py --seconds 1 --rounds 1 --no-scaling --burst-stock 100 \
 		--output bench/results/smoke.json
 
 wrk:

@@ -67,44 +67,54 @@ def database_ceiling(database_url, seconds, connections):
     return {"per_second": float(tps.split()[2]), "latency_average_ms": float(latency.split()[3])}
 
 
-def service_run(database_url, seconds, workers, stock, items=1, connections=50, limit=None, warm_up=False):
+def service_run(database_url, seconds, workers, stock, items=1, connections=50, limit=None):
     """Serve `items` items with `stock` units each with `workers` workers, load them with wrk.
 
-    With warm_up, a second of purchases first warms the workers and their connections, as a
-    sale opens on a service that has been up; then the sale is seeded afresh."""
+    A second of purchases first warms the workers and their connections, as a sale opens on a
+    service that has been up; then the sale is seeded afresh."""
     with gunicorn(workers) as server:
-        if warm_up:
-            reset_db.reset(stock=AMPLE_STOCK, max_per_user=AMPLE_STOCK, database_url=database_url)
-            wrk(f"{server.url}/buy_ticket", 1, connections)
-            time.sleep(1)  # the requests wrk left queued are served before the sale is seeded
+        reset_db.reset(stock=AMPLE_STOCK, max_per_user=AMPLE_STOCK, database_url=database_url)
+        wrk(f"{server.url}/buy_ticket", 1, connections)
+        time.sleep(1)  # the requests wrk left queued are served before the sale is seeded
         reset_db.reset(stock=stock, items=items, max_per_user=max(stock, 1), database_url=database_url)
         return wrk(f"{server.url}/buy_ticket", seconds, connections, items, limit)
 
 
 def http_ceiling(seconds, workers):
+    """The constant 409, on workers warmed for a second as the service's are."""
     with gunicorn(workers, "bench.ceiling_app:app") as ceiling:
+        wrk(f"{ceiling.url}/buy_ticket", 1, 50)
+        time.sleep(1)
         return wrk(f"{ceiling.url}/buy_ticket", seconds, 50)
 
 
-def bracketed(ceiling, service):
-    """Measure the ceiling just before and just after the service; the ceiling is their mean.
-    The machine drifts by several percent within a minute, which a single sample would pass on."""
-    before, measured, after = ceiling(), service(), ceiling()
-    mean = {"per_second": (before["per_second"] + after["per_second"]) / 2,
-            "samples": [before["per_second"], after["per_second"]]}
-    return {**before, **mean}, measured
+def interleaved(ceiling, service, rounds):
+    """Measure the ceiling and the service in turn, the ceiling first and last, and divide each
+    service figure by the mean of the ceilings just before and after it. The machine drifts by
+    several percent within a minute; the round with the median ratio is the one reported."""
+    ceilings, services = [ceiling()], []
+    for _ in range(rounds):
+        services.append(service())
+        ceilings.append(ceiling())
+    ratios = [measured["per_second"] * 2 / (before["per_second"] + after["per_second"])
+              for measured, before, after in zip(services, ceilings, ceilings[1:])]
+    median = sorted(range(rounds), key=ratios.__getitem__)[rounds // 2]
+    before, after = ceilings[median], ceilings[median + 1]
+    reported = {**before, "per_second": (before["per_second"] + after["per_second"]) / 2,
+                "samples": [run["per_second"] for run in ceilings]}
+    return reported, {**services[median], "ratios": ratios}
 
 
-def measure(database_url, seconds, workers, scaling, burst_stock):
-    results = {"workers": workers, "seconds": seconds}
-    results["database_ceiling"], results["purchases"] = bracketed(
+def measure(database_url, seconds, workers, scaling, burst_stock, rounds):
+    results = {"workers": workers, "seconds": seconds, "rounds": rounds}
+    results["database_ceiling"], results["purchases"] = interleaved(
         lambda: database_ceiling(database_url, seconds, workers),
-        lambda: service_run(database_url, seconds, workers, AMPLE_STOCK))
-    results["http_ceiling"], results["sold_out"] = bracketed(
+        lambda: service_run(database_url, seconds, workers, AMPLE_STOCK), rounds)
+    results["http_ceiling"], results["sold_out"] = interleaved(
         lambda: http_ceiling(seconds, workers),
-        lambda: service_run(database_url, seconds, workers, 0))
+        lambda: service_run(database_url, seconds, workers, 0), rounds)
     # wrk runs for its whole -d even when its thread stopped early: the figures come from buy.lua.
-    burst = service_run(database_url, 10, workers, burst_stock, limit=10 * burst_stock, warm_up=True)
+    burst = service_run(database_url, 10, workers, burst_stock, limit=10 * burst_stock)
     with db.connect(database_url) as conn:
         item = conn.execute(db.query("get_item"), {"item_id": 1}).fetchone()
     exact = item["remaining"] == 0 and burst["statuses"].get("201") == item["sold"] == burst_stock
@@ -136,9 +146,10 @@ def print_table(results):
     for name, rate, p50, p99, peak in rows:
         numbers = "".join(f" {value:>8.1f}" if value != "" else f" {'':>8}" for value in (p50, p99, peak))
         print(f"{name:<30} {rate:>9.0f}{numbers}")
-    print("ceilings, measured just before and just after the service: database "
-          + " / ".join(f"{rate:.0f}" for rate in results["database_ceiling"]["samples"]) + ", HTTP "
-          + " / ".join(f"{rate:.0f}" for rate in results["http_ceiling"]["samples"]) + " (the table shows the mean)")
+    for name, ceiling, service in [("database", "database_ceiling", "purchases"), ("HTTP", "http_ceiling", "sold_out")]:
+        print(f"{name} ceiling " + " / ".join(f"{rate:.0f}" for rate in results[ceiling]["samples"])
+              + f" around the {service} rounds, ratios " + " ".join(f"{r:.2f}" for r in results[service]["ratios"]))
+    print("the table shows the round with the median ratio, and the mean of the ceilings around it")
     burst = results["burst"]
     print(f"burst: {burst['requests']} requests for {burst['stock']} units from 50 connections, "
           f"answers {burst['statuses']}, transport errors {burst['errors']}: sold out after "
@@ -155,13 +166,15 @@ def print_table(results):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="length of each measurement (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="service runs between ceiling runs (default 3)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "4")))
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
     parser.add_argument("--burst-stock", type=int, default=1000, help="units sold in the burst (default 1000)")
     parser.add_argument("--output", default=str(BENCH / "results" / "latest.json"))
     options = parser.parse_args()
     database_url = os.environ["DATABASE_URL"]
-    results = measure(database_url, options.seconds, options.workers, not options.no_scaling, options.burst_stock)
+    results = measure(database_url, options.seconds, options.workers, not options.no_scaling, options.burst_stock,
+                      options.rounds)
     print_table(results)
     Path(options.output).parent.mkdir(parents=True, exist_ok=True)
     Path(options.output).write_text(json.dumps(results, indent=2) + "\n")

@@ -44,8 +44,8 @@ verdict AS (
            item.remaining
     FROM request
     CROSS JOIN bought
-    LEFT JOIN item ON true
     LEFT JOIN earlier ON true
+    LEFT JOIN item ON true  -- joined last: the lookups above are made before the row lock
 ),
 purchase AS (
     INSERT INTO purchases (item_id, user_id, quantity, idempotency_key, bought_before, remaining_after)
