@@ -15,7 +15,7 @@ import db  # noqa: E402  (after .env is loaded)
 
 try:
     settings = db.load_settings()
-    workers = db.number_from_env("WEB_CONCURRENCY", 4, int, 1)
+    workers = db.number_from_env("WEB_CONCURRENCY", 3, int, 1)
 except db.ConfigError as exc:
     sys.exit(f"Invalid configuration: {exc}")
 

@@ -3,7 +3,7 @@
 1. Database ceiling: pgbench running the purchase transaction on one hot row.
 2. HTTP ceiling: the same gunicorn configuration answering a constant 409, no database.
 3. The service: purchases/s, sold-out answers/s, and a burst of 10x demand.
-4. Scaling: 1 hot item against 16 items, and WEB_CONCURRENCY 1, 2, 4, 8.
+4. Scaling: 1 hot item against 16 items, and WEB_CONCURRENCY 1, 2, 3, 4, 8.
 """
 import argparse
 import json
@@ -123,7 +123,7 @@ def measure(database_url, seconds, workers, scaling, burst_stock, rounds):
     if scaling:
         results["purchases_16_items"] = service_run(database_url, seconds, workers, AMPLE_STOCK, items=16)
         results["purchases_by_workers"] = {
-            str(count): service_run(database_url, seconds, count, AMPLE_STOCK) for count in (1, 2, 4, 8)
+            str(count): service_run(database_url, seconds, count, AMPLE_STOCK) for count in (1, 2, 3, 4, 8)
         }
     results["ratios"] = {
         "purchases_vs_database": results["purchases"]["per_second"] / results["database_ceiling"]["per_second"],
@@ -167,7 +167,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="length of each measurement (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="service runs between ceiling runs (default 3)")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "4")))
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "3")))
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
     parser.add_argument("--burst-stock", type=int, default=1000, help="units sold in the burst (default 1000)")
     parser.add_argument("--output", default=str(BENCH / "results" / "latest.json"))
