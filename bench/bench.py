@@ -67,24 +67,26 @@ def database_ceiling(database_url, seconds, connections):
     return {"per_second": float(tps.split()[2]), "latency_average_ms": float(latency.split()[3])}
 
 
-def service_run(database_url, seconds, workers, stock, items=1, connections=50, limit=None):
-    """Serve `items` items with `stock` units each with `workers` workers, load them with wrk.
+def warm_up(url, connections=50):
+    """A second of load, as a sale opens on a service that has been up; then a second for the
+    requests wrk left queued to be served."""
+    wrk(url, 1, connections)
+    time.sleep(1)
 
-    A second of purchases first warms the workers and their connections, as a sale opens on a
-    service that has been up; then the sale is seeded afresh."""
+
+def service_run(database_url, seconds, workers, stock, items=1, connections=50, limit=None):
+    """Serve `items` items with `stock` units each with `workers` warm workers, load them with wrk."""
     with gunicorn(workers) as server:
         reset_db.reset(stock=AMPLE_STOCK, max_per_user=AMPLE_STOCK, database_url=database_url)
-        wrk(f"{server.url}/buy_ticket", 1, connections)
-        time.sleep(1)  # the requests wrk left queued are served before the sale is seeded
+        warm_up(f"{server.url}/buy_ticket", connections)
         reset_db.reset(stock=stock, items=items, max_per_user=max(stock, 1), database_url=database_url)
         return wrk(f"{server.url}/buy_ticket", seconds, connections, items, limit)
 
 
 def http_ceiling(seconds, workers):
-    """The constant 409, on workers warmed for a second as the service's are."""
+    """The constant 409, on warm workers as the service's are."""
     with gunicorn(workers, "bench.ceiling_app:app") as ceiling:
-        wrk(f"{ceiling.url}/buy_ticket", 1, 50)
-        time.sleep(1)
+        warm_up(f"{ceiling.url}/buy_ticket")
         return wrk(f"{ceiling.url}/buy_ticket", seconds, 50)
 
 
