@@ -87,6 +87,12 @@ def test_unicode_user_ids_up_to_64_characters_are_fine(client, conn):
     assert purchases(conn)[0]["user_id"] == user_id
 
 
+def test_an_escaped_surrogate_pair_is_one_character(client, conn):
+    body = '{"item_id": 1, "user_id": "a\\ud85a\\udf04"}'  # JSON for "a" + U+26B04
+    assert client.post("/buy_ticket", data=body, content_type="application/json").status_code == 201
+    assert purchases(conn)[0]["user_id"] == "a\U00026b04"
+
+
 @pytest.mark.parametrize("key", ["", "k" * 256, "has space", "tab\tkey", "ключ"])
 def test_bad_idempotency_key_is_422(client, conn, key):
     response = client.post("/buy_ticket", json=VALID, headers={"Idempotency-Key": key})
