@@ -5,34 +5,36 @@ SHELL := /bin/bash
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 DATABASE := DATABASE_URL="$$(scripts/pg.sh url)" && export DATABASE_URL
+# The tests read neither .env nor a DATABASE_URL written only there.
+TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_URL FLASK_SKIP_DOTENV=1
+CHECK_SETTINGS := $(PYTHON) settings.py
 
 .PHONY: run test serve reset chaos bench bench-smoke wrk db db-stop clean
 
 run: $(VENV)/installed
-	$(DATABASE) && scripts/with_server.sh $(PYTHON) proof_of_correctness.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
 
 test: $(VENV)/installed
-	$(DATABASE) && $(PYTHON) -m pytest
+	$(TEST_DATABASE) && $(PYTHON) -m pytest
 
 serve: $(VENV)/installed
-	$(DATABASE) && $(PYTHON) reset_db.py && $(VENV)/bin/gunicorn -c gunicorn.conf.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py && $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 chaos: $(VENV)/installed
-	$(DATABASE) && $(PYTHON) chaos.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) chaos.py
 
 bench: $(VENV)/installed wrk
-	$(DATABASE) && $(PYTHON) bench/bench.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) bench/bench.py
 
 # A few seconds of every measurement, so that the benchmark keeps working; no figure is judged.
 bench-smoke: $(VENV)/installed wrk
-	$(DATABASE) && $(PYTHON) bench/bench.py --seconds 1 --rounds 1 --no-scaling --burst-stock 100 \
-		--output bench/results/smoke.json
+	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) bench/bench.py --smoke
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 reset: $(VENV)/installed
-	$(DATABASE) && $(PYTHON) reset_db.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py
 
 db: $(VENV)/installed
 	scripts/pg.sh start
@@ -45,5 +47,9 @@ $(VENV)/installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# Everything the targets above create: the virtualenv, the private database (and its /tmp
+# fallback folder), logs, caches and benchmark results.
 clean: db-stop
-	rm -rf $(VENV) .pgdata .pytest_cache .gunicorn.log
+	rm -rf $(VENV) .pgdata .pgdata.log "$$(scripts/pg.sh data-dir)" "$$(scripts/pg.sh data-dir).log" \
+		.pytest_cache .hypothesis .gunicorn.log bench/results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

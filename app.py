@@ -1,24 +1,24 @@
 """The flash-sale HTTP API: parses requests, calls db.py, answers JSON."""
 import json
 import re
-from pathlib import Path
 
-from dotenv import load_dotenv
 from flask import Flask, Response, request
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
 import db
-
-load_dotenv(Path(__file__).parent / ".env", override=False)
+import settings as configuration
 
 MAX_BODY_BYTES = 4096
 BODY_TIMEOUT_SECONDS = 5  # well under gunicorn's worker timeout
 MAX_INT = 2**31 - 1  # PostgreSQL integer
 MAX_QUANTITY = 1000
+MAX_USER_ID_LENGTH = 64  # as purchases.user_id's CHECK
+MAX_KEY_LENGTH = 255  # as purchases.idempotency_key's CHECK
 RETRY_AFTER_SECONDS = 1
 BUY_FIELDS = {"item_id", "user_id", "quantity"}
 CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # Unicode categories Cc and Cs
-VISIBLE_ASCII = re.compile("[!-~]{1,255}")
+VISIBLE_ASCII = re.compile(f"[!-~]{{1,{MAX_KEY_LENGTH}}}")
 
 # Outcomes of buy_ticket.sql that refuse the purchase, each the `code` of its answer:
 # status, title, detail.
@@ -61,9 +61,8 @@ def problem_response(problem):
     return json_response(body, problem.status, headers, mimetype="application/problem+json")
 
 
-def overloaded():
-    return Problem(503, "overloaded", "Service overloaded",
-                   "The purchase could not be completed in time; nothing was sold. Retry later.")
+def overloaded(detail="The purchase could not be completed in time; nothing was sold. Retry later."):
+    return Problem(503, "overloaded", "Service overloaded", detail)
 
 
 def reject_duplicate_keys(pairs):
@@ -99,6 +98,8 @@ def read_body(environ):
     except TimeoutError:
         raise Problem(408, "request_timeout", "Request timeout",
                       f"The body did not arrive within {BODY_TIMEOUT_SECONDS} seconds.") from None
+    except (ParseException, NoMoreData) as exc:  # broken chunked framing, or the client went away
+        raise Problem(400, "bad_request", "Bad request", f"The body is not well framed: {exc}.") from None
     if len(body) != length:
         raise Problem(400, "invalid_json", "Invalid JSON", "The body ended before its Content-Length.")
     return body
@@ -123,7 +124,8 @@ def whole_number(value, low, high):
 
 
 def valid_user_id(value):
-    return isinstance(value, str) and 1 <= len(value) <= 64 and not CONTROL_OR_SURROGATE.search(value)
+    return (isinstance(value, str) and 1 <= len(value) <= MAX_USER_ID_LENGTH
+            and not CONTROL_OR_SURROGATE.search(value))
 
 
 def valid_idempotency_key(value):
@@ -144,14 +146,15 @@ def parse_purchase(environ):
         errors.append({"field": "user_id", "message": "is required"})
     elif not valid_user_id(body["user_id"]):
         errors.append({"field": "user_id",
-                       "message": "must be a string of 1 to 64 characters, without control characters"})
+                       "message": f"must be a string of 1 to {MAX_USER_ID_LENGTH} characters, "
+                                  "without control characters"})
     if not whole_number(body["quantity"], 1, MAX_QUANTITY):
         errors.append({"field": "quantity", "message": f"must be a whole number from 1 to {MAX_QUANTITY}"})
     for field in sorted(body.keys() - BUY_FIELDS):
         errors.append({"field": field, "message": "is not a known field"})
     if key is not None and not valid_idempotency_key(key):
         errors.append({"field": "Idempotency-Key",
-                       "message": "must be 1 to 255 visible ASCII characters"})
+                       "message": f"must be 1 to {MAX_KEY_LENGTH} visible ASCII characters"})
     if errors:
         fields = ", ".join(error["field"] for error in errors)
         raise Problem(422, "invalid_request", "Invalid request", f"Invalid fields: {fields}.",
@@ -159,12 +162,19 @@ def parse_purchase(environ):
     return body["item_id"], body["user_id"], body["quantity"], key
 
 
-def create_app():
-    try:
-        db.load_settings()
-    except db.ConfigError as exc:
-        raise SystemExit(f"Invalid configuration: {exc}") from None
-    app = Flask(__name__)
+class FlashSale(Flask):
+    def make_default_options_response(self):
+        """OPTIONS names the allowed methods in `Allow`, with no body to describe."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        response.headers.pop("Content-Type", None)
+        return response
+
+
+def create_app(settings=None):
+    """The WSGI app. Without `settings`, the process's own (settings.load())."""
+    db.configure(settings or configuration.load_or_exit())
+    app = FlashSale(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
     @app.post("/buy_ticket")
@@ -194,7 +204,7 @@ def create_app():
         try:
             item = db.get_item(item_id) if 1 <= item_id <= MAX_INT else None
         except db.Unavailable:
-            raise overloaded() from None
+            raise overloaded("The item could not be read in time. Retry later.") from None
         if item is None:
             raise Problem(404, "item_not_found", "Item not found", f"There is no item {item_id}.")
         for field in ("sale_starts_at", "sale_ends_at"):
@@ -210,7 +220,8 @@ def create_app():
     def readyz():
         if db.ping():
             return json_response({"status": "ready"})
-        raise Problem(503, "not_ready", "Not ready", "The database did not answer within a second.")
+        raise Problem(503, "not_ready", "Not ready",
+                      f"The database did not answer within {db.READY_TIMEOUT_SECONDS:g} s.")
 
     @app.errorhandler(Problem)
     def handle_problem(problem):

@@ -14,10 +14,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
-
-from dotenv import load_dotenv
-
 import db
 import proof_of_correctness as proof
 import reset_db
@@ -48,7 +44,7 @@ def kill_connections(server, pause):
     for _ in range(3):
         time.sleep(pause)
         with db.connect() as conn:
-            conn.execute(db.query("terminate_connections"), {"application_name": db.APPLICATION_NAME})
+            conn.execute(db.query("terminate_connections", db.TEST_QUERIES), {"application_name": db.APPLICATION_NAME})
     return 3
 
 
@@ -56,7 +52,7 @@ def lock_hog(server, pause):
     """Hold the item's row lock for twice the retry budget, once."""
     time.sleep(pause)
     with db.connect() as conn, conn.transaction():
-        conn.execute(db.query("lock_item"), {"item_id": proof.ITEM_ID})
+        conn.execute(db.query("lock_item", db.TEST_QUERIES), {"item_id": proof.ITEM_ID})
         time.sleep(2 * RETRY_BUDGET_SECONDS)
     return 1
 
@@ -137,7 +133,6 @@ def private_database(options):
 
 
 def main(argv=None):
-    load_dotenv(Path(__file__).parent / ".env", override=False)
     options = parse_options(argv)
     results = []
     for mode in options.modes:

@@ -1,11 +1,9 @@
-"""Database access: settings, the per-process connection pool, the SQL of queries/, retries."""
+"""Database access: the per-process connection pool, the SQL of queries/, transactions, retries."""
 import itertools
-import math
 import os
 import random
 import time
 import uuid
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -14,8 +12,17 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+import settings as configuration
+
 QUERIES = Path(__file__).parent / "queries"
+TEST_QUERIES = Path(__file__).parent / "tests" / "queries"  # for the tests, the proof and chaos runs
 APPLICATION_NAME = "flashsale"
+SCRIPT_CONNECT_TIMEOUT_SECONDS = 10
+READY_TIMEOUT_SECONDS = 1.0
+FIRST_CONNECTION_WAIT_SECONDS = 5
+# Full-jitter backoff between attempts: a pause drawn from [0, min(cap, first * 2**attempt)].
+BACKOFF_FIRST_SECONDS = 0.02
+BACKOFF_CAP_SECONDS = 1.0
 
 # Failures after which the whole transaction may simply run again: nothing of it was committed
 # (a UniqueViolation is a purchase decided on a stale snapshot, see buy_ticket.sql), or, after a
@@ -28,74 +35,42 @@ TRANSIENT = (
 )
 
 
-class ConfigError(Exception):
-    """The environment holds a setting the service cannot run with."""
-
-
 class Unavailable(Exception):
     """The database could not answer within the request's retry budget."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: str
-    pool_size: int
-    max_overflow: int
-    pool_timeout: float
-    retry_budget: float
-    sold_out_cache: float
-
-
-def number_from_env(name, default, kind, minimum):
-    """The environment variable `name` as a number of type `kind`, at least `minimum`."""
-    raw = os.environ.get(name, "").strip() or str(default)
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not (value >= minimum and math.isfinite(value)):  # also refuses nan and inf
-        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
-    return value
-
-
-def load_settings():
-    """Read and check the database settings from the environment."""
-    database_url = os.environ.get("DATABASE_URL", "").strip()
-    if not database_url:
-        raise ConfigError("DATABASE_URL is not set: set it in the environment or in .env")
-    return Settings(
-        database_url=database_url,
-        pool_size=number_from_env("DB_POOL_SIZE", 1, int, 1),
-        max_overflow=number_from_env("DB_MAX_OVERFLOW", 0, int, 0),
-        pool_timeout=number_from_env("DB_POOL_TIMEOUT", 0.25, float, 0.01),
-        retry_budget=number_from_env("DB_RETRY_BUDGET_SECONDS", 3.0, float, 0.01),
-        sold_out_cache=number_from_env("SOLD_OUT_CACHE_SECONDS", 0.5, float, 0.0),
-    )
-
-
 @cache
-def query(name):
-    """The text of queries/<name>.sql."""
-    return (QUERIES / f"{name}.sql").read_text()
+def query(name, folder=QUERIES):
+    """The text of <folder>/<name>.sql."""
+    return (Path(folder) / f"{name}.sql").read_text()
 
 
 def connect(database_url=None):
     """A single autocommit connection, for scripts and tests."""
     return psycopg.connect(
-        database_url or load_settings().database_url,
-        autocommit=True, row_factory=dict_row, connect_timeout=10,
+        database_url or configuration.load().database_url,
+        autocommit=True, row_factory=dict_row, connect_timeout=SCRIPT_CONNECT_TIMEOUT_SECONDS,
     )
 
 
-_settings = None
+_settings = None  # set by configure(), else the process's settings at first use
 _pool = None
+
+
+def configure(settings):
+    """Use these settings from now on; a pool opened under other settings is closed."""
+    global _settings
+    if settings is not _settings:
+        close_pool()
+        _settings = settings
 
 
 def open_pool():
     """Open this process's pool. Call it after forking: a pool never crosses a fork."""
-    global _settings, _pool
+    global _pool
+    if _settings is None:
+        configure(configuration.load())
     if _pool is None:
-        _settings = load_settings()
         _pool = ConnectionPool(
             _settings.database_url,
             min_size=_settings.pool_size,
@@ -121,14 +96,14 @@ def close_pool():
         _pool = None
 
 
-def _transaction(conn, seconds_left, name, params):
+def _transaction(conn, attempt, seconds_left, name, params):
     """Run the statement of queries/<name>.sql in a transaction of its own; return its rows.
 
     The rows are made into dicts after COMMIT, which releases the row locks. Every connection
     starts with the whole budget as its statement_timeout; a retry, with less left, lowers it
     for its own transaction."""
     with conn.transaction():
-        if seconds_left < _settings.retry_budget - 0.01:
+        if attempt > 0:
             milliseconds = max(1, int(seconds_left * 1000))
             conn.execute(query("set_statement_timeout"), {"milliseconds": milliseconds})
         cursor = conn.execute(query(name), params)
@@ -153,14 +128,14 @@ def _run(name, params):
         seconds_left = deadline - time.monotonic()
         try:
             with pool.connection(timeout=min(_settings.pool_timeout, seconds_left)) as conn:
-                return _transaction(conn, deadline - time.monotonic(), name, params)
+                return _transaction(conn, attempt, deadline - time.monotonic(), name, params)
         except PoolTimeout as exc:
             _unreachable_until = time.monotonic() + UNREACHABLE_HOLD_SECONDS
             raise Unavailable(str(exc)) from exc
         except errors.QueryCanceled as exc:
             raise Unavailable(str(exc)) from exc
         except TRANSIENT as exc:
-            pause = random.uniform(0, min(1.0, 0.02 * 2**attempt))  # full jitter
+            pause = random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_FIRST_SECONDS * 2**attempt))
             if time.monotonic() + pause >= deadline:
                 raise Unavailable(str(exc)) from exc
             time.sleep(pause)
@@ -198,7 +173,7 @@ def get_item(item_id):
     return rows[0] if rows else None
 
 
-def ping(timeout=1.0):
+def ping(timeout=READY_TIMEOUT_SECONDS):
     """True when the database answers within `timeout` seconds."""
     try:
         with open_pool().connection(timeout=timeout) as conn:
@@ -208,3 +183,9 @@ def ping(timeout=1.0):
         return True
     except psycopg.Error:
         return False
+
+
+def available_connections():
+    """How many connections the database lets the service open."""
+    with connect() as conn, conn.transaction():
+        return conn.execute(query("available_connections")).fetchone()["available"]

@@ -1,29 +1,20 @@
 """Gunicorn settings: sync workers, each with its own connection pool opened after the fork.
 
 Command-line flags (-b, -w, ...) and GUNICORN_CMD_ARGS override these."""
-import os
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
-
-from dotenv import load_dotenv
 
 sys.path.insert(0, str(Path(__file__).parent))
-load_dotenv(Path(__file__).parent / ".env", override=False)
 
-import db  # noqa: E402  (after .env is loaded)
+import db  # noqa: E402
+import settings as configuration  # noqa: E402
 
-try:
-    settings = db.load_settings()
-    workers = db.number_from_env("WEB_CONCURRENCY", 3, int, 1)
-except db.ConfigError as exc:
-    sys.exit(f"Invalid configuration: {exc}")
+settings = configuration.load_or_exit()
 
 wsgi_app = "app:app"
-worker_class = "sync"
-# Listen where API_URL points, unless BIND says otherwise.
-_api = urlsplit(os.environ.get("API_URL", "http://127.0.0.1:8000"))
-bind = os.environ.get("BIND") or f"{_api.hostname}:{_api.port or 80}"
+worker_class = "problem_worker.ProblemWorker"
+workers = settings.web_concurrency
+bind = settings.bind
 # Well above DB_RETRY_BUDGET_SECONDS: a request answers 503 long before the worker is killed.
 timeout = max(30, int(3 * settings.retry_budget))
 graceful_timeout = 10
@@ -31,11 +22,26 @@ accesslog = None
 control_socket_disable = True
 
 
+def when_ready(server):
+    """Warn once when the workers' pools together may ask for more connections than the
+    database allows: the last ones to connect would be refused."""
+    wanted = settings.web_concurrency * (settings.pool_size + settings.max_overflow)
+    try:
+        available = db.available_connections()
+    except db.psycopg.Error as exc:
+        server.log.warning("could not read the database's connection limit: %s", str(exc).strip())
+        return
+    if wanted > available:
+        server.log.warning(
+            "WEB_CONCURRENCY x (DB_POOL_SIZE + DB_MAX_OVERFLOW) = %d connections, more than the %d "
+            "the database allows (max_connections less the reserved ones)", wanted, available)
+
+
 def post_fork(server, worker):
     """Open the worker's pool and give it a moment to connect before the first request; a
     database that is down does not stop the worker, whose pool keeps trying."""
     try:
-        db.open_pool().wait(timeout=5)
+        db.open_pool().wait(timeout=db.FIRST_CONNECTION_WAIT_SECONDS)
     except db.PoolTimeout:
         worker.log.warning("no database connection yet; the pool keeps trying")
 

@@ -1,4 +1,7 @@
-"""A real gunicorn of this project on a local port, for the tests, the benchmark and the chaos runs."""
+"""A real gunicorn of this project on a local port, for the tests, the benchmark and the chaos runs.
+
+`python local_server.py COMMAND ...` starts one on a free port, runs COMMAND with API_URL pointing
+at it, stops it, and exits with COMMAND's status: `make run` runs the proof this way."""
 import os
 import signal
 import socket
@@ -11,6 +14,8 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent
+READY_WAIT_SECONDS = 30
+STOP_WAIT_SECONDS = 15
 
 
 def wait_until_ready(url, seconds, process=None):
@@ -46,7 +51,11 @@ class LocalServer:
         )
 
     def __enter__(self):
-        return self.wait_ready()
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.stop()  # __exit__ does not run when __enter__ raises
+            raise
 
     def __exit__(self, *exc):
         self.stop()
@@ -54,7 +63,7 @@ class LocalServer:
     def output(self):
         return Path(self.log.name).read_text(errors="replace")
 
-    def wait_ready(self, seconds=30):
+    def wait_ready(self, seconds=READY_WAIT_SECONDS):
         """Wait until /readyz answers 200; raise with gunicorn's output if it never does."""
         if not wait_until_ready(self.url, seconds, self.process):
             raise RuntimeError(f"gunicorn was not ready within {seconds} s:\n{self.output()}")
@@ -68,14 +77,33 @@ class LocalServer:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(15)
+                self.process.wait(STOP_WAIT_SECONDS)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
-        os.unlink(self.log.name)
+        if os.path.exists(self.log.name):
+            os.unlink(self.log.name)
 
     def buy(self, item_id=1, user_id="alice", quantity=1, key=None, timeout=15):
         headers = {"Idempotency-Key": key} if key else {}
         return requests.post(f"{self.url}/buy_ticket", timeout=timeout, headers=headers,
                              json={"item_id": item_id, "user_id": user_id, "quantity": quantity})
+
+
+def main(command):
+    import settings as configuration
+
+    configuration.load_or_exit()  # a bad setting is said at once, before anything starts
+    try:
+        with LocalServer() as server:
+            return subprocess.run(command, env={**os.environ, "API_URL": server.url}).returncode
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: python local_server.py COMMAND [ARGUMENT ...]")
+    sys.exit(main(sys.argv[1:]))

@@ -4,24 +4,25 @@ The verdict comes from two sides: the HTTP answers the buyers got, and the rows 
 """
 import argparse
 import multiprocessing
-import os
 import sys
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import psycopg
 import requests
-from dotenv import load_dotenv
 
 import db
 import reset_db
+import settings as configuration
 from local_server import wait_until_ready
 
 ITEM_ID = 1
 REFUSAL_CODES = {"sold_out", "limit_reached"}
+RETRY_ATTEMPTS = 8  # per logical purchase, with --retry
+RETRY_PAUSE_CAP_SECONDS = 5.0  # the most a Retry-After is honoured for
+BACKOFF_FIRST_SECONDS = 0.1  # without Retry-After: 0.1, 0.2, 0.4, ... up to the cap below
+BACKOFF_CAP_SECONDS = 2.0
 
 
 @dataclass
@@ -63,9 +64,9 @@ def answer_code(response):
 def retry_pause(response, attempt):
     """Seconds to wait before the next attempt: Retry-After when given, else exponential backoff."""
     try:
-        return min(float(response.headers["Retry-After"]), 5.0)
+        return min(float(response.headers["Retry-After"]), RETRY_PAUSE_CAP_SECONDS)
     except (AttributeError, KeyError, ValueError):
-        return min(0.1 * 2**attempt, 2.0)
+        return min(BACKOFF_FIRST_SECONDS * 2**attempt, BACKOFF_CAP_SECONDS)
 
 
 def buy(purchase):
@@ -113,7 +114,7 @@ def run_burst(options, purchases):
 def database_state(database_url):
     with db.connect(database_url) as conn:
         item = conn.execute(db.query("get_item"), {"item_id": ITEM_ID}).fetchone()
-        rows = conn.execute(db.query("list_purchases"), {"item_id": ITEM_ID}).fetchall()
+        rows = conn.execute(db.query("list_purchases", db.TEST_QUERIES), {"item_id": ITEM_ID}).fetchall()
     return item, rows
 
 
@@ -188,13 +189,21 @@ def print_report(options, purchases, seconds, item, rows):
 
 
 def parse_options(argv):
+    """The proof's options. Their defaults come from the environment and .env, under the names
+    the service uses; a bad one is refused in one line, as a bad option is."""
     parser = argparse.ArgumentParser(description=__doc__)
-    env = os.environ.get
-    parser.add_argument("--url", default=env("API_URL", "http://127.0.0.1:8000"), help="API_URL")
-    parser.add_argument("--database-url", default=env("DATABASE_URL"), help="DATABASE_URL")
-    parser.add_argument("--requests", type=int, default=int(env("TOTAL_REQUESTS", "1000")),
+    environ = configuration.environment()
+    try:
+        url = configuration.base_url(environ.get("API_URL") or "http://127.0.0.1:8000")
+        requests_default = configuration.number(environ, "TOTAL_REQUESTS", 1000, int, 1)
+        processes_default = configuration.number(environ, "CONCURRENT_PROCESSES", 50, int, 1)
+    except configuration.ConfigError as exc:
+        parser.error(f"invalid configuration: {exc}")
+    parser.add_argument("--url", default=url, help="API_URL: the service, http://host:port")
+    parser.add_argument("--database-url", default=environ.get("DATABASE_URL"), help="DATABASE_URL")
+    parser.add_argument("--requests", type=int, default=requests_default,
                         help="TOTAL_REQUESTS: purchases to send (default 1000)")
-    parser.add_argument("--processes", type=int, default=int(env("CONCURRENT_PROCESSES", "50")),
+    parser.add_argument("--processes", type=int, default=processes_default,
                         help="CONCURRENT_PROCESSES: processes sending them (default 50)")
     parser.add_argument("--stock", type=int, default=100, help="units on sale (default 100)")
     parser.add_argument("--max-per-user", type=int, help="units one user may buy (default: the stock)")
@@ -206,9 +215,12 @@ def parse_options(argv):
     options = parser.parse_args(argv)
     if not options.database_url:
         parser.error("DATABASE_URL is not set (environment, .env or --database-url)")
-    options.url = options.url.rstrip("/")
+    try:
+        options.url = configuration.base_url(options.url)
+    except configuration.ConfigError as exc:
+        parser.error(str(exc).replace("API_URL", "--url"))
     options.max_per_user = options.max_per_user or options.stock
-    options.attempts = 8 if options.retry else 1
+    options.attempts = RETRY_ATTEMPTS if options.retry else 1
     return options
 
 
@@ -219,7 +231,6 @@ def make_purchases(options):
 
 
 def main(argv=None):
-    load_dotenv(Path(__file__).parent / ".env", override=False)
     options = parse_options(argv)
     try:
         reset_db.reset(stock=options.stock, max_per_user=options.max_per_user,

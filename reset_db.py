@@ -2,12 +2,11 @@
 import argparse
 import sys
 from datetime import datetime
-from pathlib import Path
 
 import psycopg
-from dotenv import load_dotenv
 
 import db
+import settings as configuration
 
 SCHEMA = ["drop_schema", "create_items", "create_purchases"]
 
@@ -28,7 +27,6 @@ def reset(stock=100, items=1, max_per_user=None, sale_starts_at=None, sale_ends_
 
 
 def main(argv=None):
-    load_dotenv(Path(__file__).parent / ".env", override=False)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stock", type=int, default=100, help="units of each item (default 100)")
     parser.add_argument("--items", type=int, default=1, help="number of items, ids 1..N (default 1)")
@@ -38,9 +36,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.stock < 0 or args.items < 1 or (args.max_per_user is not None and args.max_per_user < 1):
         parser.error("--stock must be >= 0, --items >= 1 and --max-per-user >= 1")
+    database_url = configuration.load_or_exit().database_url
     try:
-        reset(args.stock, args.items, args.max_per_user, args.sale_starts_at, args.sale_ends_at)
-    except (db.ConfigError, psycopg.Error) as exc:
+        reset(args.stock, args.items, args.max_per_user, args.sale_starts_at, args.sale_ends_at, database_url)
+    except psycopg.Error as exc:
         sys.exit(f"reset_db: cannot reset the database: {exc}")
     window = ""
     if args.sale_starts_at or args.sale_ends_at:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The private PostgreSQL of this checkout: start | stop | status | url | private-url | restart.
+# The private PostgreSQL of this checkout: start | stop | status | url | test-url | private-url | restart.
 # `url` prints DATABASE_URL when it is set (in the environment or in .env), and otherwise
 # starts the private server if needed and prints its address, as `private-url` always does.
+# `test-url` is `url` without .env: the tests never touch a database named only there.
 # `restart fast|immediate [seconds]` restarts it on the same port (immediate: a crash), down
 # for that many seconds, for chaos runs.
 set -euo pipefail
@@ -88,8 +89,10 @@ case "${1:-}" in
         as_postgres "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 -o "-p $port -k /tmp" start >/dev/null ||
             die "could not restart PostgreSQL; see $LOG"
         echo "PostgreSQL restarted (${2:-fast}) on port $port" ;;
+    test-url) if [ -n "${DATABASE_URL:-}" ]; then echo "$DATABASE_URL"; else start; url; fi ;;
     private-url) start; url ;;
+    data-dir) echo "$DATA" ;;
     stop) if running; then as_postgres "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null; fi; echo "PostgreSQL stopped" ;;
     status) if running; then echo "running on port $(port)"; else echo "stopped"; fi ;;
-    *) die "usage: scripts/pg.sh start | stop | status | url | private-url | restart fast|immediate [seconds down]" ;;
+    *) die "usage: scripts/pg.sh start | stop | status | url | test-url | private-url | restart fast|immediate [seconds down]" ;;
 esac

@@ -3,14 +3,22 @@ import os
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# The tests read no .env: a developer's settings must not change what they test. Every server
+# they start inherits this.
+os.environ["FLASK_SKIP_DOTENV"] = "1"
 if not os.environ.get("DATABASE_URL"):
     pytest.exit("DATABASE_URL is not set: run the tests with `make test`", returncode=2)
+try:
+    psycopg.connect(os.environ["DATABASE_URL"], connect_timeout=5).close()
+except psycopg.Error as exc:
+    pytest.exit(f"cannot reach DATABASE_URL: {str(exc).strip().splitlines()[0]}", returncode=2)
 # The tests reset the sale all the time: no process may remember an earlier sell-out.
 # tests/test_sold_out_cache.py turns the cache on where it tests it.
 os.environ["SOLD_OUT_CACHE_SECONDS"] = "0"
@@ -65,14 +73,6 @@ def start_server():
     yield start
     for running in started:
         running.stop()
-
-
-def purchases(conn, item_id=1):
-    return conn.execute(db.query("list_purchases"), {"item_id": item_id}).fetchall()
-
-
-def item(conn, item_id=1):
-    return conn.execute(db.query("get_item"), {"item_id": item_id}).fetchone()
 
 
 def pytest_terminal_summary(terminalreporter):

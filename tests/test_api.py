@@ -3,23 +3,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import item, purchases
-
-PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
-
-
-def buy(client, headers=None, **body):
-    body = {"item_id": 1, "user_id": "alice", **body}
-    return client.post("/buy_ticket", json=body, headers=headers or {})
-
-
-def assert_problem(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body = response.get_json(force=True)
-    assert PROBLEM_FIELDS <= body.keys()
-    assert body["status"] == status and body["code"] == code
-    return body
+from support import PROBLEM_FIELDS, assert_problem, buy, item, purchases
 
 
 def test_sale_answers_201_with_the_purchase(client, conn):

@@ -9,7 +9,8 @@ import requests
 from psycopg import sql
 
 import db
-from conftest import item, purchases
+import settings as configuration
+from support import cut_service_connections, item, purchases, row_lock_held
 
 
 def in_parallel(function, arguments, threads=50):
@@ -19,10 +20,6 @@ def in_parallel(function, arguments, threads=50):
 
 def answers(responses):
     return Counter((r.status_code, r.json().get("code", "created")) for r in responses)
-
-
-def cut_service_connections(conn):
-    conn.execute(db.query("terminate_connections"), {"application_name": db.APPLICATION_NAME})
 
 
 @contextmanager
@@ -62,8 +59,7 @@ def test_buyers_queued_on_the_row_lock_see_the_purchases_made_meanwhile(server, 
     made before them; the per-user limit still holds."""
     reset(stock=100, max_per_user=2)
     with ThreadPoolExecutor(8) as pool:
-        with db.connect() as hog, hog.transaction():
-            hog.execute(db.query("lock_item"), {"item_id": 1})
+        with row_lock_held():
             futures = [pool.submit(server.buy, user_id="queued") for _ in range(8)]
             time.sleep(0.5)  # the server's four workers now wait for the lock
         responses = [future.result() for future in futures]
@@ -97,7 +93,7 @@ def test_pool_exhausted_answers_503_within_the_budget(client):
         elapsed = time.monotonic() - started
     assert response.status_code == 503
     assert response.get_json()["code"] == "overloaded" and response.headers["Retry-After"] == "1"
-    assert elapsed < db.load_settings().retry_budget
+    assert elapsed < configuration.load().retry_budget
     # For a moment the worker answers 503 at once instead of queueing buyers on the pool again.
     started = time.monotonic()
     assert client.post("/buy_ticket", json={"item_id": 1, "user_id": "alice"}).status_code == 503
@@ -109,8 +105,7 @@ def test_pool_exhausted_answers_503_within_the_budget(client):
 def test_lock_held_too_long_answers_503_within_the_budget(start_server, reset, conn):
     reset(stock=10)
     server = start_server(WEB_CONCURRENCY="2", DB_RETRY_BUDGET_SECONDS="1").wait_ready()
-    with db.connect() as hog, hog.transaction():
-        hog.execute(db.query("lock_item"), {"item_id": 1})
+    with row_lock_held():
         started = time.monotonic()
         response = server.buy()
         elapsed = time.monotonic() - started

@@ -1,17 +1,16 @@
 """Slow clients through real gunicorn: each pins one sync worker at most, and only for a while."""
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import app as service
+from support import open_socket, read_until_closed
 
 GUNICORN_TIMEOUT = service.BODY_TIMEOUT_SECONDS + 3
 
 
 def connect(server):
-    host, port = server.url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=GUNICORN_TIMEOUT + 10)
+    return open_socket(server.url, timeout=GUNICORN_TIMEOUT + 10)
 
 
 def dribble(sock, data, pause):
@@ -22,16 +21,6 @@ def dribble(sock, data, pause):
             time.sleep(pause)
     except OSError:
         pass
-
-
-def read_until_closed(sock):
-    answer = b""
-    try:
-        while chunk := sock.recv(4096):
-            answer += chunk
-    except ConnectionResetError:
-        pass
-    return answer
 
 
 def test_slow_clients_pin_only_their_own_workers_and_only_for_a_while(start_server, reset):

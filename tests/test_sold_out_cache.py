@@ -1,8 +1,7 @@
 """The sold-out fast path: answered without the database, never underselling, expiring."""
 import time
 
-import db
-from conftest import purchases
+from support import purchases, row_lock_held
 
 
 def test_sold_out_is_answered_without_the_database(start_server, reset, conn):
@@ -11,8 +10,7 @@ def test_sold_out_is_answered_without_the_database(start_server, reset, conn):
                           DB_RETRY_BUDGET_SECONDS="1").wait_ready()
     first = server.buy(user_id="first", key="first-order")
     assert first.status_code == 201 and first.json()["remaining"] == 0
-    with db.connect() as hog, hog.transaction():
-        hog.execute(db.query("lock_item"), {"item_id": 1})  # the database would make buyers wait
+    with row_lock_held():  # the database would make buyers wait
         started = time.monotonic()
         refused = server.buy(user_id="late")
         elapsed = time.monotonic() - started

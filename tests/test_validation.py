@@ -1,14 +1,9 @@
 """Every validation rule of POST /buy_ticket: a clear 4xx, nothing sold."""
 import pytest
 
-from conftest import purchases
-from test_api import assert_problem
+from support import assert_problem, post_raw, purchases
 
 VALID = {"item_id": 1, "user_id": "alice", "quantity": 1}
-
-
-def post_raw(client, data, content_type="application/json", headers=None):
-    return client.post("/buy_ticket", data=data, content_type=content_type, headers=headers or {})
 
 
 @pytest.mark.parametrize("data", [

@@ -1,4 +1,4 @@
--- Lists every purchase of an item, for the proof's database check.
+-- Lists every purchase of an item, for the proof's and the tests' database checks.
 -- Parameters: item_id.
 SELECT id, user_id, quantity, idempotency_key
 FROM purchases

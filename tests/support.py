@@ -1,0 +1,75 @@
+"""What the tests share: requests through Flask's test client, raw sockets to real gunicorn,
+the database checks, and holding an item's row lock. conftest.py makes fixtures of them."""
+import socket
+from contextlib import contextmanager
+
+import db
+
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
+
+
+def buy(client, headers=None, **body):
+    """POST /buy_ticket with a JSON body: item 1 for alice unless the fields say otherwise."""
+    body = {"item_id": 1, "user_id": "alice", **body}
+    return client.post("/buy_ticket", json=body, headers=headers or {})
+
+
+def post_raw(client, data, content_type="application/json", headers=None):
+    """POST /buy_ticket with these exact bytes."""
+    return client.post("/buy_ticket", data=data, content_type=content_type, headers=headers or {})
+
+
+def assert_problem(response, status, code):
+    """The answer is an RFC 9457 problem with this status and code; returns its body."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json(force=True)
+    assert PROBLEM_FIELDS <= body.keys()
+    assert body["status"] == status and body["code"] == code
+    return body
+
+
+def open_socket(url, timeout=10):
+    """A plain TCP connection to the server at http://host:port."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def read_until_closed(sock):
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except ConnectionResetError:
+        pass
+    return answer
+
+
+def raw_request(url, head, body=b"", close_write=False, timeout=10):
+    """Send bytes over a real socket; return the status and the whole answer."""
+    with open_socket(url, timeout) as sock:
+        sock.sendall(head + b"\r\n\r\n" + body)
+        if close_write:
+            sock.shutdown(socket.SHUT_WR)
+        answer = read_until_closed(sock)
+    return int(answer.split(b" ", 2)[1]), answer
+
+
+def purchases(conn, item_id=1):
+    return conn.execute(db.query("list_purchases", db.TEST_QUERIES), {"item_id": item_id}).fetchall()
+
+
+def item(conn, item_id=1):
+    return conn.execute(db.query("get_item"), {"item_id": item_id}).fetchone()
+
+
+def cut_service_connections(conn):
+    conn.execute(db.query("terminate_connections", db.TEST_QUERIES), {"application_name": db.APPLICATION_NAME})
+
+
+@contextmanager
+def row_lock_held(item_id=1, database_url=None):
+    """Another session holds the item's row lock, as a purchase does, until the block ends."""
+    with db.connect(database_url) as hog, hog.transaction():
+        hog.execute(db.query("lock_item", db.TEST_QUERIES), {"item_id": item_id})
+        yield
