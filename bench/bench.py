@@ -3,11 +3,11 @@
 1. Database ceiling: pgbench running the purchase transaction on one hot row.
 2. HTTP ceiling: the same gunicorn configuration answering a constant 409, no database.
 3. The service: purchases/s, sold-out answers/s, and a burst of 10x demand.
-4. Scaling: 1 hot item against 16 items, and WEB_CONCURRENCY 1, 2, 3, 4, 8.
+4. Features on the request path: the same build with each feature on against off.
+5. Scaling: 1 hot item against 16 items, and WEB_CONCURRENCY 1, 2, 3, 4, 8.
 """
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -20,11 +20,34 @@ sys.path.insert(0, str(ROOT))
 
 import db  # noqa: E402
 import reset_db  # noqa: E402
+import settings as configuration  # noqa: E402
 from local_server import LocalServer  # noqa: E402
 
 BENCH = ROOT / "bench"
 PGBIN = Path(max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/bin")))
 AMPLE_STOCK = 100_000_000
+SETUP_SECONDS = 3  # a server's start, warm-up and reset around each measurement, for the estimate
+
+
+class Progress:
+    """Prints which measurement runs now, and about how long the whole run has left."""
+
+    def __init__(self, planned, seconds):
+        self.planned, self.seconds, self.done = planned, seconds, 0
+
+    def __call__(self, what):
+        self.done += 1
+        left = (self.planned - self.done + 1) * (self.seconds + SETUP_SECONDS)
+        print(f"[{self.done}/{self.planned}] {what}: {self.seconds} s; about {left // 60} min "
+              f"{left % 60:02d} s left", flush=True)
+
+
+progress = None  # set by main()
+
+
+def announce(what):
+    if progress:
+        progress(what)
 
 
 def fresh_host():
@@ -36,11 +59,17 @@ def fresh_host():
     return "127." + ".".join(str(random.randint(1, 254)) for _ in range(3))
 
 
-def gunicorn(workers, app="app:app"):
-    return LocalServer(app, host=fresh_host(), WEB_CONCURRENCY=str(workers))
+def gunicorn(workers, app="app:app", **env):
+    return LocalServer(app, host=fresh_host(), WEB_CONCURRENCY=str(workers), **env)
 
 
-def wrk(url, seconds, connections, items=1, limit=None):
+# Features on the request path, each measured as the same build with the feature off and on:
+# name -> (off, on), each a function of the worker count that returns a server to measure
+# (a context manager with `url`; its optional `wrk_args` are passed to buy.lua).
+FEATURES = {}
+
+
+def wrk(url, seconds, connections, items=1, limit=None, extra=()):
     """Run wrk with buy.lua; return its RESULT line as a dict.
 
     With a limit, one wrk thread sends the requests and stops at the last answer: a second
@@ -49,7 +78,7 @@ def wrk(url, seconds, connections, items=1, limit=None):
     threads = 1 if limit else 2
     command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
                "-s", str(BENCH / "buy.lua"), url, "--", str(items), uuid.uuid4().hex[:8],
-               str(limit or ""), str(threads)]
+               str(limit or ""), str(threads), *extra]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
@@ -58,6 +87,7 @@ def wrk(url, seconds, connections, items=1, limit=None):
 
 
 def database_ceiling(database_url, seconds, connections):
+    announce("database ceiling (pgbench)")
     reset_db.reset(stock=AMPLE_STOCK, max_per_user=AMPLE_STOCK, database_url=database_url)
     command = [str(PGBIN / "pgbench"), "-n", "-M", "prepared", "-c", str(connections), "-j", "2",
                "-T", str(seconds), "-f", str(BENCH / "purchase.pgbench"), database_url]
@@ -67,24 +97,29 @@ def database_ceiling(database_url, seconds, connections):
     return {"per_second": float(tps.split()[2]), "latency_average_ms": float(latency.split()[3])}
 
 
-def warm_up(url, connections=50):
+def warm_up(url, connections=50, extra=()):
     """A second of load, as a sale opens on a service that has been up; then a second for the
     requests wrk left queued to be served."""
-    wrk(url, 1, connections)
+    wrk(url, 1, connections, extra=extra)
     time.sleep(1)
 
 
-def service_run(database_url, seconds, workers, stock, items=1, connections=50, limit=None):
-    """Serve `items` items with `stock` units each with `workers` warm workers, load them with wrk."""
-    with gunicorn(workers) as server:
+def service_run(database_url, seconds, workers, stock, items=1, connections=50, limit=None, serve=None,
+                what="the service"):
+    """Serve `items` items with `stock` units each with `workers` warm workers, load them with wrk.
+    `serve(workers)` makes the server; plain gunicorn by default."""
+    announce(what)
+    with (serve or gunicorn)(workers) as server:
+        extra = getattr(server, "wrk_args", ())
         reset_db.reset(stock=AMPLE_STOCK, max_per_user=AMPLE_STOCK, database_url=database_url)
-        warm_up(f"{server.url}/buy_ticket", connections)
+        warm_up(f"{server.url}/buy_ticket", connections, extra)
         reset_db.reset(stock=stock, items=items, max_per_user=max(stock, 1), database_url=database_url)
-        return wrk(f"{server.url}/buy_ticket", seconds, connections, items, limit)
+        return wrk(f"{server.url}/buy_ticket", seconds, connections, items, limit, extra)
 
 
 def http_ceiling(seconds, workers):
     """The constant 409, on warm workers as the service's are."""
+    announce("HTTP ceiling (constant 409)")
     with gunicorn(workers, "bench.ceiling_app:app") as ceiling:
         warm_up(f"{ceiling.url}/buy_ticket")
         return wrk(f"{ceiling.url}/buy_ticket", seconds, 50)
@@ -107,25 +142,50 @@ def interleaved(ceiling, service, rounds):
     return reported, {**services[median], "ratios": ratios}
 
 
+def feature_cost(database_url, seconds, workers, rounds, off, on, name):
+    """Purchases/s and sold-out answers/s with the feature on, against off, interleaved as the
+    ceilings are: off, on, off, ..., off."""
+    cost = {}
+    for kind, stock in [("purchases", AMPLE_STOCK), ("sold_out", 0)]:
+        baseline, measured = interleaved(
+            lambda: service_run(database_url, seconds, workers, stock, serve=off, what=f"{name} off, {kind}"),
+            lambda: service_run(database_url, seconds, workers, stock, serve=on, what=f"{name} on, {kind}"),
+            rounds)
+        cost[kind] = {"off": baseline["per_second"], "on": measured["per_second"],
+                      "ratios": measured["ratios"], "ratio": sorted(measured["ratios"])[rounds // 2]}
+    return cost
+
+
+def planned_measurements(rounds, scaling):
+    """How many measurements measure() makes, for the progress lines."""
+    interleaved_pair = 2 * rounds + 1
+    return interleaved_pair * (2 + 2 * len(FEATURES)) + 1 + (6 if scaling else 0)
+
+
 def measure(database_url, seconds, workers, scaling, burst_stock, rounds):
     results = {"workers": workers, "seconds": seconds, "rounds": rounds}
     results["database_ceiling"], results["purchases"] = interleaved(
         lambda: database_ceiling(database_url, seconds, workers),
-        lambda: service_run(database_url, seconds, workers, AMPLE_STOCK), rounds)
+        lambda: service_run(database_url, seconds, workers, AMPLE_STOCK, what="purchases, 1 hot item"), rounds)
     results["http_ceiling"], results["sold_out"] = interleaved(
         lambda: http_ceiling(seconds, workers),
-        lambda: service_run(database_url, seconds, workers, 0), rounds)
+        lambda: service_run(database_url, seconds, workers, 0, what="sold-out answers"), rounds)
+    results["features"] = {name: feature_cost(database_url, seconds, workers, rounds, off, on, name)
+                           for name, (off, on) in FEATURES.items()}
     # wrk runs for its whole -d even when its thread stopped early: the figures come from buy.lua.
-    burst = service_run(database_url, 10, workers, burst_stock, limit=10 * burst_stock)
+    burst = service_run(database_url, 10, workers, burst_stock, limit=10 * burst_stock,
+                        what=f"burst: {burst_stock} units, {10 * burst_stock} requests")
     with db.connect(database_url) as conn:
         item = conn.execute(db.query("get_item"), {"item_id": 1}).fetchone()
     exact = item["remaining"] == 0 and burst["statuses"].get("201") == item["sold"] == burst_stock
     no_5xx = not any(status.startswith("5") for status in burst["statuses"])
     results["burst"] = {**burst, "stock": burst_stock, "exact_sell_out": exact, "no_5xx": no_5xx}
     if scaling:
-        results["purchases_16_items"] = service_run(database_url, seconds, workers, AMPLE_STOCK, items=16)
+        results["purchases_16_items"] = service_run(database_url, seconds, workers, AMPLE_STOCK, items=16,
+                                                    what="purchases, 16 items")
         results["purchases_by_workers"] = {
-            str(count): service_run(database_url, seconds, count, AMPLE_STOCK) for count in (1, 2, 3, 4, 8)
+            str(count): service_run(database_url, seconds, count, AMPLE_STOCK, what=f"purchases, {count} workers")
+            for count in (1, 2, 3, 4, 8)
         }
     results["ratios"] = {
         "purchases_vs_database": results["purchases"]["per_second"] / results["database_ceiling"]["per_second"],
@@ -135,7 +195,7 @@ def measure(database_url, seconds, workers, scaling, burst_stock, rounds):
     return results
 
 
-def print_table(results):
+def print_table(results, smoke):
     rows = [("database ceiling (pgbench)", results["database_ceiling"]["per_second"], "", "", "")]
     for name, key in [("HTTP ceiling (constant 409)", "http_ceiling"), ("purchases, 1 hot item", "purchases"),
                       ("sold-out answers", "sold_out"), ("purchases, 16 items", "purchases_16_items")]:
@@ -159,25 +219,39 @@ def print_table(results):
           f"purchases p50 {burst['purchase_p50_ms']:.1f} ms, p99 {burst['purchase_p99_ms']:.1f} ms, "
           f"max {burst['purchase_max_ms']:.1f} ms; all answers p50 {burst['p50_ms']:.1f} ms, "
           f"p99 {burst['p99_ms']:.1f} ms; exact sell-out: {burst['exact_sell_out']}, no 5xx: {burst['no_5xx']}")
+    for name, cost in results["features"].items():
+        print(f"feature {name}: on/off purchases {cost['purchases']['on']:.0f}/{cost['purchases']['off']:.0f} "
+              f"= {cost['purchases']['ratio']:.2f}, sold-out {cost['sold_out']['on']:.0f}/"
+              f"{cost['sold_out']['off']:.0f} = {cost['sold_out']['ratio']:.2f} (target >= 0.95)")
     ratios = results["ratios"]
     print(f"ratios: purchases/database ceiling {ratios['purchases_vs_database']:.2f} (target >= 0.60), "
           f"sold-out/HTTP ceiling {ratios['sold_out_vs_http']:.2f} (target >= 0.85), "
           f"burst purchase p99/p50 {ratios['burst_purchase_p99_vs_p50']:.1f} (target <= 4)")
+    if smoke:
+        print("smoke run: one second per measurement, so no figure above is judged against its target")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="length of each measurement (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="service runs between ceiling runs (default 3)")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "3")))
+    settings = configuration.load_or_exit()
+    parser.add_argument("--workers", type=int, default=settings.web_concurrency, help="WEB_CONCURRENCY")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
     parser.add_argument("--burst-stock", type=int, default=1000, help="units sold in the burst (default 1000)")
     parser.add_argument("--output", default=str(BENCH / "results" / "latest.json"))
+    parser.add_argument("--smoke", action="store_true",
+                        help="a second of each measurement, one round, no scaling: checks that the benchmark runs")
     options = parser.parse_args()
-    database_url = os.environ["DATABASE_URL"]
+    if options.smoke:
+        options.seconds, options.rounds, options.no_scaling, options.burst_stock = 1, 1, True, 100
+        options.output = str(BENCH / "results" / "smoke.json")
+    database_url = settings.database_url
+    global progress
+    progress = Progress(planned_measurements(options.rounds, not options.no_scaling), options.seconds)
     results = measure(database_url, options.seconds, options.workers, not options.no_scaling, options.burst_stock,
                       options.rounds)
-    print_table(results)
+    print_table(results, options.smoke)
     Path(options.output).parent.mkdir(parents=True, exist_ok=True)
     Path(options.output).write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {options.output}")
