@@ -63,8 +63,9 @@ class LocalServer:
     def output(self):
         return Path(self.log.name).read_text(errors="replace")
 
-    def wait_ready(self, seconds=READY_WAIT_SECONDS):
+    def wait_ready(self, seconds=None):
         """Wait until /readyz answers 200; raise with gunicorn's output if it never does."""
+        seconds = seconds or READY_WAIT_SECONDS
         if not wait_until_ready(self.url, seconds, self.process):
             raise RuntimeError(f"gunicorn was not ready within {seconds} s:\n{self.output()}")
         return self

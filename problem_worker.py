@@ -15,7 +15,8 @@ CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expect
 
 def write_problem(sock, status, reason, message):
     code = CODES.get(status, "bad_request" if status < 500 else "internal_error")
-    body = json.dumps({"type": f"/problems/{code}", "title": reason, "status": status,
+    title = reason[:1] + reason[1:].lower()  # "Bad Request" -> "Bad request", as the app writes it
+    body = json.dumps({"type": f"/problems/{code}", "title": title, "status": status,
                        "detail": message or reason, "code": code}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n")

@@ -141,3 +141,15 @@ def test_errors_never_leak_sql_or_tracebacks(client):
     for response in [buy(client, item_id=2), client.post("/buy_ticket", data="{", content_type="application/json")]:
         text = response.get_data(as_text=True)
         assert "Traceback" not in text and "SELECT" not in text and "psycopg" not in text
+
+
+def test_options_names_the_allowed_methods_without_a_body(client):
+    response = client.options("/buy_ticket")
+    assert response.status_code == 204 and response.data == b""
+    assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+    assert "Content-Type" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/nope", "/items/abc"])
+def test_unknown_paths_are_404_problems(client, path):
+    assert_problem(client.get(path), 404, "not_found")

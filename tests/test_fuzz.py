@@ -177,8 +177,34 @@ def test_raw_socket_abuse_never_gets_a_5xx(server, reset, conn):
          body, True, 400),                                     # gunicorn refuses the framing itself
         (b"POST /buy_ticket HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
          b"Transfer-Encoding: chunked", b"5\r\n{\"ite\r\n0\r\n\r\n", False, 400),
+        (b"POST /buy_ticket HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked",
+         b"2\r\n{}\r\n0\r\n\r\n", False, 400),                # both framings: gunicorn refuses it
+        (b"HELLO", b"", False, 400),                            # not a request line
+        (b"GET /" + b"x" * 10_000 + b" HTTP/1.1\r\nHost: x", b"", False, 414),
     ]
     for head, payload, close_write, expected in cases:
         status, answer = raw_request(server, head, payload, close_write)
         assert status == expected, answer[:300]
+        assert b"Content-Type: application/problem+json" in answer, answer[:300]
     assert purchases(conn) == [] and item(conn)["remaining"] == 100
+
+
+CHUNKED_HEAD = (b"POST /buy_ticket HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked")
+BODY = b'{"item_id": 1, "user_id": "alice"}'
+not_a_chunk_size = st.text(alphabet="0123456789abcdefABCDEFxyZ-+ ;=", min_size=1, max_size=6).filter(
+    lambda size: not all(c in "0123456789abcdefABCDEF" for c in size))
+
+
+@settings(max_examples=100, deadline=None)
+@given(size=not_a_chunk_size, surplus=st.integers(min_value=1, max_value=40), case=st.sampled_from(["size", "longer"]))
+def test_broken_chunked_framing_is_400(server, size, surplus, case):
+    """A chunk size that is not hex, or chunk data longer than its size: a 400 problem, never a 500."""
+    if case == "size":
+        body = size.encode() + b"\r\n" + BODY + b"\r\n0\r\n\r\n"
+    else:  # the declared size is short of the data that follows it
+        declared = max(1, len(BODY) - surplus)
+        body = f"{declared:x}".encode() + b"\r\n" + BODY + b"\r\n0\r\n\r\n"
+    status, answer = raw_request(server, CHUNKED_HEAD, body)
+    assert status == 400, answer[:300]
+    assert b"application/problem+json" in answer and b'"code": "bad_request"' in answer

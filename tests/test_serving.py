@@ -5,11 +5,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import psycopg
+import pytest
 import requests
 from psycopg import sql
 
 import db
 import settings as configuration
+import local_server
+from local_server import LocalServer
 from support import cut_service_connections, item, purchases, row_lock_held
 
 
@@ -140,8 +143,22 @@ def test_readiness_follows_the_database(start_server, conn):
     server = start_server(WEB_CONCURRENCY="1").wait_ready()
     with database_refusing_connections(conn):
         assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
-        assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 503
+        not_ready = requests.get(f"{server.url}/readyz", timeout=5)
+        assert not_ready.status_code == 503 and not_ready.json()["code"] == "not_ready"
+        read = requests.get(f"{server.url}/items/1", timeout=5)
+        assert read.status_code == 503 and read.headers["Retry-After"] == "1"
+        assert "item could not be read" in read.json()["detail"]
     assert server.wait_ready()
+
+
+def test_a_server_that_never_gets_ready_is_stopped(monkeypatch):
+    """gunicorn runs, but its database is unreachable: entering the server fails and stops it."""
+    monkeypatch.setattr(local_server, "READY_WAIT_SECONDS", 2)
+    server = LocalServer(WEB_CONCURRENCY="1", DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(RuntimeError, match="was not ready"):
+        with server:
+            pass
+    assert server.process.poll() is not None
 
 
 def test_a_killed_connection_is_retried_transparently(server, reset, conn):
