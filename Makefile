@@ -23,14 +23,14 @@ serve: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 chaos: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) chaos.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) chaos.py
 
 bench: $(VENV)/installed wrk
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) bench/bench.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py
 
 # A few seconds of every measurement, so that the benchmark keeps working; no figure is judged.
 bench-smoke: $(VENV)/installed wrk
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) bench/bench.py --smoke
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py --smoke
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }

@@ -57,20 +57,29 @@ class OneLineGroup(click.Group):
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.UsageError as exc:
-            raise CommandError(usage_line(exc, ctx.command_path)) from None
+            raise CommandError(usage_line(exc, self.name)) from None
         except psycopg.OperationalError as exc:
             raise CommandError(f"{invoked(ctx)}: cannot reach the database: {first_line(exc)}") from None
         except psycopg.Error as exc:
             raise CommandError(f"{invoked(ctx)}: the database refused: {first_line(exc)}") from None
 
 
+def command_name(ctx):
+    """`flask sale show`, however flask was started (`python -m flask` say)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["flask", *reversed(names)])
+
+
 def invoked(ctx):
-    """The command line's command: `flask sale show`."""
-    return " ".join(filter(None, [ctx.command_path, ctx.invoked_subcommand]))
+    """The command that failed: the group's context names the sub-command it was running."""
+    return " ".join(filter(None, [command_name(ctx), ctx.invoked_subcommand]))
 
 
-def usage_line(exc, fallback):
-    path = exc.ctx.command_path if exc.ctx else fallback
+def usage_line(exc, group):
+    path = command_name(exc.ctx) if exc.ctx else f"flask {group}"
     return f"{path}: {exc.format_message()} (see --help)"
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import db
 
 ROOT = Path(__file__).resolve().parent.parent
+FLASK = [str(Path(sys.executable).parent / "flask"), "--app", "app"]  # the virtualenv's own
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
 
@@ -86,7 +87,7 @@ def row_lock_held(item_id=1, database_url=None):
 
 def flask_command(*args, timeout=120, **env):
     """`flask --app app ARGS...` in a real subprocess; `env` overrides the environment."""
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *map(str, args)], cwd=ROOT,
+    return subprocess.run([*FLASK, *map(str, args)], cwd=ROOT,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
 
 
