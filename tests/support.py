@@ -85,6 +85,25 @@ def row_lock_held(item_id=1, database_url=None):
         yield
 
 
+@contextmanager
+def restock_held(item_id, units, database_url=None):
+    """Another session restocks the item and holds its row lock, uncommitted, until the block
+    ends: a purchase queued behind it then finds the restock committed."""
+    with db.connect(database_url) as hog, hog.transaction():
+        hog.execute(db.query("restock_item"), {"item_id": item_id, "units": units})
+        yield
+
+
+def wait_for_waiting_buyers(conn, count, attempts=500):
+    """Wait until `count` of the service's sessions wait for a lock; False if they never do."""
+    for _ in range(attempts):
+        if run_test_query(conn, "count_waiting_buyers",
+                          {"application_name": db.APPLICATION_NAME})[0]["waiting"] >= count:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def flask_command(*args, timeout=120, **env):
     """`flask --app app ARGS...` in a real subprocess; `env` overrides the environment."""
     return subprocess.run([*FLASK, *map(str, args)], cwd=ROOT,

@@ -3,13 +3,15 @@ burst of buyers is served by real gunicorn."""
 import csv
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 import db
 from conftest import ROOT
-from support import FLASK, burst_around, flask_command, item, purchases, run_test_query
+from support import (FLASK, burst_around, flask_command, item, purchases, restock_held, run_test_query,
+                     wait_for_waiting_buyers)
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
 
@@ -233,6 +235,22 @@ def test_export_streams_rather_than_holding_the_rows(reset, conn, tmp_path):
     with (tmp_path / "all.csv").open() as exported:
         assert sum(1 for _ in exported) == rows + 1
     assert big - baseline < 25_000
+
+
+def test_a_buyer_queued_behind_a_restock_buys_from_it(reset, conn, server):
+    """The buyer's statement started before the restock committed: the version of the item in its
+    snapshot has nothing left, the locked one has the new units. It must sell, not fail a CHECK."""
+    reset(stock=1)
+    assert server.buy(1, "first").status_code == 201
+    with ThreadPoolExecutor(1) as pool:
+        with restock_held(1, 5):
+            queued = pool.submit(server.buy, 1, "queued")
+            assert wait_for_waiting_buyers(conn, 1)
+        answer = queued.result()
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["remaining"] == 4
+    row = item(conn, 1)
+    assert (row["stock"], row["sold"], row["remaining"]) == (6, 2, 4)
 
 
 def accounting(conn, burst, item_id):
