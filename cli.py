@@ -187,6 +187,9 @@ def db_status():
     for migration in schema.migrations():
         when = "pending" if migration.version in missing else f"applied {utc(applied[migration.version])}"
         click.echo(f"{migration.label:<40} {when}")
+    unknown = sorted(applied.keys() - {migration.version for migration in schema.migrations()})
+    if unknown:
+        click.echo(f"Applied but unknown to this code (a newer version made them): {unknown}")
     if missing:
         click.echo(f"{len(missing)} pending: run `{schema.UPGRADE_COMMAND}`.")
 
