@@ -9,6 +9,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+from psycopg.rows import dict_row
+
 import db
 
 MIGRATIONS = db.QUERIES / "migrations"
@@ -106,7 +109,7 @@ def outdated_message(missing):
 def check(database_url):
     """The line to stop the service with when the database's schema is older than the code;
     None when it is up to date. Raises psycopg.Error when the database cannot be asked."""
-    with db.psycopg.connect(database_url, autocommit=True, row_factory=db.dict_row,
-                            connect_timeout=CHECK_CONNECT_TIMEOUT_SECONDS) as conn:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row,
+                         connect_timeout=CHECK_CONNECT_TIMEOUT_SECONDS) as conn:
         missing = pending(conn)
     return outdated_message(missing) if missing else None

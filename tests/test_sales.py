@@ -8,10 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-import db
-from conftest import ROOT
-from support import (FLASK, burst_around, flask_command, item, purchases, restock_held, run_test_query,
-                     wait_for_waiting_buyers)
+from support import (FLASK, ROOT, burst_around, flask_command, item, purchases, restock_held,
+                     run_test_query, wait_for_waiting_buyers)
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
 
