@@ -8,33 +8,35 @@ DATABASE := DATABASE_URL="$$(scripts/pg.sh url)" && export DATABASE_URL
 # The tests read neither .env nor a DATABASE_URL written only there.
 TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_URL FLASK_SKIP_DOTENV=1
 CHECK_SETTINGS := $(PYTHON) settings.py
+UPGRADE_SCHEMA := $(VENV)/bin/flask --app app db upgrade
 
 .PHONY: run test serve reset chaos bench bench-smoke wrk db db-stop clean
 
 run: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
 
 test: $(VENV)/installed
 	$(TEST_DATABASE) && $(PYTHON) -m pytest
 
+# Keeps the sales the database holds: `make reset` for a fresh item 1.
 serve: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py && $(VENV)/bin/gunicorn -c gunicorn.conf.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 chaos: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) chaos.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) chaos.py
 
 bench: $(VENV)/installed wrk
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) bench/bench.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py
 
 # A few seconds of every measurement, so that the benchmark keeps working; no figure is judged.
 bench-smoke: $(VENV)/installed wrk
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) bench/bench.py --smoke
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py --smoke
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 reset: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py --yes
 
 db: $(VENV)/installed
 	scripts/pg.sh start

@@ -6,6 +6,7 @@ from flask import Flask, Response, request
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
+import cli
 import db
 import settings as configuration
 
@@ -176,6 +177,7 @@ def create_app(settings=None):
     db.configure(settings or configuration.load_or_exit())
     app = FlashSale(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    cli.init_app(app)  # flask --app app db ..., sale ...
 
     @app.post("/buy_ticket")
     def buy_ticket():

@@ -142,8 +142,8 @@ def _run(name, params):
 
 
 # Item id -> time.monotonic() until which this process answers sold_out without asking the
-# database. Set only when the database said that nothing is left; stock never comes back, except
-# when the sale is seeded again, which this process sees once the entry expires.
+# database. Set only when the database said that nothing is left; stock comes back only by
+# `flask sale restock` or a re-seeded sale, which this process sees once the entry expires.
 _sold_out_until = {}
 
 

@@ -30,7 +30,16 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 import app as service  # noqa: E402
 import db  # noqa: E402
 import reset_db  # noqa: E402
+import schema  # noqa: E402
 from local_server import LocalServer  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def schema_up_to_date():
+    """gunicorn refuses a database whose schema is older than the code: upgrade the test
+    database before any server starts."""
+    with db.connect() as connection:
+        schema.upgrade(connection)
 
 
 @pytest.fixture
