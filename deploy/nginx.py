@@ -37,15 +37,16 @@ SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/lo
 
 
 def worker_user():
-    """Whom nginx's workers run as when nginx starts as root: www-data where it exists (Debian),
-    else nobody. None when not root: the workers are then this user."""
+    """Whom nginx's workers run as when nginx starts as root, as "user group": www-data where it
+    exists (Debian), else nobody. None when not root: the workers are then this user."""
     if os.geteuid() != 0:
         return None
     for name in ("www-data", "nobody"):
         try:
-            return pwd.getpwnam(name)
+            user = pwd.getpwnam(name)
         except KeyError:
             continue
+        return f"{user.pw_name} {grp.getgrgid(user.pw_gid).gr_name}"
     return None
 
 
@@ -54,7 +55,7 @@ def render(upstreams, listen, folder, rate_limit=0, metrics_allow=LOOPBACK, user
     """The configuration: nginx on `listen` (host:port), passing to `upstreams` (each an nginx
     `server` argument: "unix:/run/flashsale.sock", "127.0.0.1:8001 backup", ...), with its pid,
     logs and temporary files in `folder`. `rate_limit`: requests/s per client address, 0 for none.
-    `user`: the workers' user name when started as root. `error_log` and `access_log` default to
+    `user`: the workers' "user group" when started as root (worker_user()). `error_log` and `access_log` default to
     files in `folder`; pass "stderr" or "off"."""
     folder = Path(folder).resolve()
     if not upstreams:
@@ -91,7 +92,7 @@ def make_folder(folder=None):
     folder.mkdir(parents=True, exist_ok=True)
     user = worker_user()
     if user is not None:
-        os.chown(folder, -1, user.pw_gid)
+        shutil.chown(folder, group=user.split()[1])
         folder.chmod(0o750)
     return folder
 
@@ -122,9 +123,8 @@ class Nginx:
         self.folder = make_folder(folder)
         self.listen = listen or free_address(host)
         self.url = f"http://{self.listen}"
-        user = worker_user()
         self.config = self.folder / "nginx.conf"
-        self.config.write_text(render(upstreams, self.listen, self.folder, user=user and user.pw_name, **options))
+        self.config.write_text(render(upstreams, self.listen, self.folder, user=worker_user(), **options))
         self.log = open(self.folder / "nginx.out", "wb")
         to_terminal = options.get("error_log") == "stderr"
         self.process = subprocess.Popen(
@@ -254,10 +254,9 @@ def main(argv=None):
     if not options.upstream and not settings.bind.startswith("unix:"):
         parser.error(f"give --upstream, or set BIND=unix:PATH (BIND is {settings.bind})")
     folder = make_folder(options.folder).resolve()
-    user = worker_user()
     config = folder / "nginx.conf"
     config.write_text(render(upstreams, options.listen, folder, rate_limit=settings.nginx_rate_limit,
-                             user=user and user.pw_name))
+                             user=worker_user()))
     print(f"wrote {config}; run: nginx -p {folder} -c {config} -g 'daemon off;'")
     return 0
 

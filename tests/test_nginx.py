@@ -1,0 +1,193 @@
+"""nginx in front of real gunicorn (deploy/nginx.py): slow clients never reach a worker, nginx's
+own answers are problems, a POST is never sent twice, /metrics is for loopback only."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+import app as service
+import proof_of_correctness as proof
+import reset_db
+import settings as configuration
+from conftest import ROOT
+from deploy import nginx
+from support import Slowloris, assert_raw_problem, parse_answer, raw_request
+
+FIGURES = {}  # printed at the end of the run by conftest.py
+SLOW_CONNECTIONS = 200
+STOCK = 200
+
+
+def sale(url, stock=STOCK):
+    """A fresh sale and the proof's burst at it: twice the stock in purchases from 20 processes.
+    Returns the proof's verdict and the purchases per second until the last one was answered."""
+    options = proof.parse_options(["--url", url, "--database-url", os.environ["DATABASE_URL"],
+                                   "--requests", str(2 * stock), "--processes", "20", "--stock", str(stock)])
+    reset_db.reset(stock=stock, max_per_user=stock)
+    purchases = proof.run_burst(options, proof.make_purchases(options))
+    item, rows = proof.database_state(options.database_url)
+    # From the first answer, not from the start: forking the 20 processes takes longer than
+    # the sale and varies more.
+    first = min(purchase.answered_at[0] for purchase in purchases)
+    sold_at = [purchase.answered_at[-1] for purchase in purchases if purchase.acknowledged]
+    rate = (len(sold_at) - 1) / (max(sold_at) - first) if len(sold_at) > 1 else 0.0
+    return proof.verdict(options, purchases, item, rows), len(sold_at), rate
+
+
+def test_slowloris_connections_do_not_stop_the_sale(start_proxied):
+    server = start_proxied(WEB_CONCURRENCY="3")
+    sale(server.url, stock=20)  # warm workers, as a sale opens on a service that has been up
+    failures, sold, calm_before = sale(server.url)
+    assert failures == [] and sold == STOCK
+
+    # 200 connections, each a request line and then a header line a second: without nginx,
+    # three of them hold gunicorn's three workers until its 30 s timeout and nothing sells.
+    attack = Slowloris(server.url, SLOW_CONNECTIONS).start()
+    try:
+        attacked_at = time.monotonic()
+        failures, sold, attacked = sale(server.url)
+        # nginx drops a connection whose headers are not whole within 5 s (client_header_timeout)
+        time.sleep(max(0.0, nginx_header_timeout() + 1.5 - (time.monotonic() - attacked_at)))
+    finally:
+        attack.stop()
+    assert failures == [], failures  # sold out exactly; every purchase answered 201 or 409
+    assert sold == STOCK
+    assert attack.opened >= SLOW_CONNECTIONS and attack.dropped >= SLOW_CONNECTIONS // 2, (
+        f"nginx dropped {attack.dropped} of the slow connections")
+
+    # The machine drifts: the calm rate is the mean of one sale before and one after the attack.
+    failures, sold, calm_after = sale(server.url)
+    assert failures == [] and sold == STOCK
+    calm = (calm_before + calm_after) / 2
+    FIGURES["slowloris"] = (
+        f"purchases/s through nginx {calm_before:.0f} and {calm_after:.0f} without, {attacked:.0f} with "
+        f"{SLOW_CONNECTIONS} slowloris connections: {attacked / calm:.2f}x (target >= 0.9x); "
+        f"nginx dropped {attack.dropped} slow connections after its header timeout")
+    print(FIGURES["slowloris"])
+
+
+def nginx_header_timeout():
+    line = next(line for line in nginx.TEMPLATE.read_text().splitlines() if "client_header_timeout" in line)
+    return float(line.split()[1].rstrip("s;"))
+
+
+def test_nginx_refuses_what_the_api_refuses_as_problems(start_proxied, reset):
+    reset(stock=10)
+    server = start_proxied(WEB_CONCURRENCY="1")
+    head = (b"POST /buy_ticket HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: ")
+
+    # A body over the API's limit is refused by nginx before gunicorn sees it.
+    status, answer = raw_request(server.url, head + str(service.MAX_BODY_BYTES + 1).encode())
+    _, problem = assert_raw_problem(answer, 413, "payload_too_large")
+    assert problem["detail"] == "The body is over 4 KiB."
+    # One at the limit passes nginx and is judged by the app (not JSON): both limits agree.
+    body = b"x" * service.MAX_BODY_BYTES
+    status, answer = raw_request(server.url, head + str(len(body)).encode(), body)
+    _, problem = assert_raw_problem(answer, 400, "invalid_json")
+
+    status, answer = raw_request(server.url, b"GARBAGE")
+    assert_raw_problem(answer, 400, "bad_request")
+    status, answer = raw_request(server.url, b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x")
+    assert_raw_problem(answer, 414, "uri_too_long")
+    status, answer = raw_request(server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
+    assert_raw_problem(answer, 431, "headers_too_large")
+    status, answer = raw_request(server.url, b"GET /_problem HTTP/1.1\r\nHost: x\r\nConnection: close")
+    assert_raw_problem(answer, 404, "not_found")
+
+    # The service's own problems pass through untouched.
+    answer = requests.get(f"{server.url}/items/99", timeout=10)
+    assert answer.status_code == 404 and answer.json()["code"] == "item_not_found"
+    assert server.buy(item_id=1, user_id="through-nginx").status_code == 201
+
+
+def test_nginx_answers_502_as_a_problem_when_gunicorn_is_gone(start_nginx, nginx_folder):
+    proxy = start_nginx([f"unix:{nginx_folder / 'nobody-listens.sock'}"])
+    answer = requests.post(f"{proxy.url}/buy_ticket", json={"item_id": 1, "user_id": "alice"}, timeout=10)
+    assert answer.status_code == 502
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert answer.json()["code"] == "bad_gateway" and "Idempotency-Key" in answer.json()["detail"]
+
+
+def test_a_post_is_never_sent_twice_when_an_upstream_dies(start_nginx, stand_in):
+    first, second = stand_in("first", dying=True), stand_in("second", dying=True)
+    # max_fails=0: neither is set aside after its first failure, so the GET below may try both.
+    proxy = start_nginx([f"{first.address} max_fails=0", f"{second.address} max_fails=0"])
+
+    answer = requests.post(f"{proxy.url}/buy_ticket", json={"item_id": 1, "user_id": "alice"}, timeout=10)
+    assert answer.status_code == 502 and answer.json()["code"] == "bad_gateway"
+    assert len(first.heads) + len(second.heads) == 1, "the POST reached a second upstream"
+
+    # A GET may be tried on the next upstream: the stand-ins do see a retry when one happens.
+    requests.get(f"{proxy.url}/items/1", timeout=10)
+    assert len(first.heads) + len(second.heads) == 3
+
+
+def test_metrics_only_from_allowed_addresses_and_the_client_address_is_passed_on(start_nginx, stand_in):
+    upstream = stand_in("app")
+    proxy = start_nginx([upstream.address], metrics_allow=["127.0.0.1"])
+    host, port = proxy.listen.rsplit(":", 1)
+
+    def get(path, source):
+        with socket.create_connection((host, int(port)), timeout=10, source_address=(source, 0)) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                         "X-Forwarded-For: 10.9.9.9\r\nX-Real-IP: 10.9.9.9\r\n\r\n".encode())
+            return read_all(sock)
+
+    assert_raw_problem(get("/metrics", "127.0.0.2"), 404, "not_found")
+    assert upstream.heads == []
+    assert parse_answer(get("/metrics", "127.0.0.1"))[0] == 200
+    assert parse_answer(get("/items/1", "127.0.0.2"))[0] == 200
+    assert [upstream.header(n, "X-Real-IP") for n in (0, 1)] == ["127.0.0.1", "127.0.0.2"]
+    assert [upstream.header(n, "X-Forwarded-For") for n in (0, 1)] == ["127.0.0.1", "127.0.0.2"]
+
+
+def read_all(sock):
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_the_rate_limit_is_off_by_default_and_answers_429_problems_when_on(start_nginx, stand_in):
+    upstream = stand_in("app")
+    proxy = start_nginx([upstream.address])
+    with requests.Session() as session:
+        assert {session.get(f"{proxy.url}/items/1", timeout=10).status_code for _ in range(30)} == {200}
+    proxy.stop()
+
+    limited = start_nginx([upstream.address], rate_limit=2)
+    with requests.Session() as session:
+        answers = [session.get(f"{limited.url}/items/1", timeout=10) for _ in range(30)]
+    refused = [answer for answer in answers if answer.status_code != 200]
+    assert refused, "30 requests at once passed a limit of 2/s"
+    for answer in refused:
+        assert answer.status_code == 429 and answer.headers["Retry-After"] == "1"
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        assert answer.json()["code"] == "too_many_requests"
+
+
+def test_the_rendered_configuration_is_valid_nginx(nginx_folder):
+    config = nginx_folder / "check.conf"
+    config.write_text(nginx.render(["unix:/run/flashsale.sock", "127.0.0.1:8001 backup"], "127.0.0.1:8080",
+                                   nginx_folder, rate_limit=100, user=nginx.worker_user()))
+    result = subprocess.run([nginx.nginx_binary(), "-t", "-q", "-p", str(nginx_folder), "-c", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    text = config.read_text()
+    assert "{{" not in text and "rate=100r/s" in text
+    retry = next(line for line in text.splitlines() if line.strip().startswith("proxy_next_upstream "))
+    assert "non_idempotent" not in retry
+
+
+def test_a_bad_rate_limit_is_refused_in_one_line():
+    result = subprocess.run([sys.executable, "deploy/nginx.py", "serve"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30, env={**os.environ, "NGINX_RATE_LIMIT": "fast"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "Invalid configuration: NGINX_RATE_LIMIT must be a whole number, got 'fast'" in result.stderr
+    with pytest.raises(configuration.ConfigError):
+        configuration.from_environ({"DATABASE_URL": "x", "NGINX_RATE_LIMIT": "-1"})
