@@ -9,29 +9,34 @@ DATABASE := DATABASE_URL="$$(scripts/pg.sh url)" && export DATABASE_URL
 TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_URL FLASK_SKIP_DOTENV=1
 CHECK_SETTINGS := $(PYTHON) settings.py
 
-.PHONY: run test serve reset chaos bench bench-smoke wrk db db-stop clean
+.PHONY: run test serve reset chaos bench bench-smoke wrk nginx db db-stop clean
 
 run: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
 
-test: $(VENV)/installed
+test: $(VENV)/installed nginx
 	$(TEST_DATABASE) && $(PYTHON) -m pytest
 
-serve: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py && $(VENV)/bin/gunicorn -c gunicorn.conf.py
+# nginx on API_URL in front of gunicorn on a unix socket, both in the foreground; Ctrl-C stops both.
+serve: $(VENV)/installed nginx
+	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py && $(PYTHON) deploy/nginx.py serve
 
 chaos: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) chaos.py
 
-bench: $(VENV)/installed wrk
+bench: $(VENV)/installed wrk nginx
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) bench/bench.py
 
 # A few seconds of every measurement, so that the benchmark keeps working; no figure is judged.
-bench-smoke: $(VENV)/installed wrk
+bench-smoke: $(VENV)/installed wrk nginx
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) bench/bench.py --smoke
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+# Debian puts nginx in /usr/sbin, which a user's PATH may lack.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { apt-get update -qq && apt-get install -y -qq nginx; }
 
 reset: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py

@@ -198,6 +198,10 @@ class GunicornBehindNginx(LocalServer):
         self.nginx.stop()
 
 
+def stop_serving(number, frame):
+    raise KeyboardInterrupt  # serve() stops gunicorn and nginx
+
+
 def serve(settings):
     """gunicorn on a unix socket (BIND when it names one, else one in nginx's folder) and nginx on
     API_URL's address, both in the foreground; returns when either stops, having stopped both."""
@@ -225,13 +229,14 @@ def serve(settings):
         print(exc, file=sys.stderr)
         return 1
     finally:
+        # gunicorn first: it removes its socket from the folder that nginx.stop() removes.
         if gunicorn.poll() is None:
             gunicorn.terminate()
+        gunicorn.wait()
         if nginx is not None:
             nginx.stop()
         else:
             shutil.rmtree(folder, ignore_errors=True)
-        gunicorn.wait()
 
 
 def main(argv=None):
@@ -247,8 +252,9 @@ def main(argv=None):
                        help="an nginx `server` argument for gunicorn (default: BIND, which must be unix:PATH)")
     options = parser.parse_args(argv)
     settings = configuration.load_or_exit()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop both, as Ctrl-C does
     if options.command == "serve":
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # even if inherited as ignored
+            signal.signal(number, stop_serving)
         return serve(settings)
     upstreams = options.upstream or [settings.bind]
     if not options.upstream and not settings.bind.startswith("unix:"):

@@ -1,10 +1,12 @@
 """nginx in front of real gunicorn (deploy/nginx.py): slow clients never reach a worker, nginx's
 own answers are problems, a POST is never sent twice, /metrics is for loopback only."""
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -15,6 +17,7 @@ import reset_db
 import settings as configuration
 from conftest import ROOT
 from deploy import nginx
+from local_server import free_address, wait_until_ready
 from support import Slowloris, assert_raw_problem, parse_answer, raw_request
 
 FIGURES = {}  # printed at the end of the run by conftest.py
@@ -191,3 +194,25 @@ def test_a_bad_rate_limit_is_refused_in_one_line():
     assert "Invalid configuration: NGINX_RATE_LIMIT must be a whole number, got 'fast'" in result.stderr
     with pytest.raises(configuration.ConfigError):
         configuration.from_environ({"DATABASE_URL": "x", "NGINX_RATE_LIMIT": "-1"})
+
+
+def test_serve_runs_gunicorn_behind_nginx_and_ctrl_c_stops_both(reset):
+    reset(stock=10)
+    url = f"http://{free_address()}"
+    serving = subprocess.Popen([sys.executable, "deploy/nginx.py", "serve"], cwd=ROOT, start_new_session=True,
+                               env={**os.environ, "API_URL": url}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_until_ready(url, 30, serving), "make serve's nginx and gunicorn never answered"
+        answer = requests.post(f"{url}/buy_ticket", json={"item_id": 1, "user_id": "alice"}, timeout=10)
+        assert answer.status_code == 201 and answer.headers["Server"] == "nginx"
+        folder = Path(serving.stdout.readline().split("configuration in ")[1].split("/nginx.conf")[0])
+        assert (folder / "gunicorn.sock").is_socket()
+        os.killpg(serving.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the foreground group
+        assert serving.wait(30) == 0
+    finally:
+        if serving.poll() is None:
+            os.killpg(serving.pid, signal.SIGKILL)
+        serving.stdout.close()
+    with pytest.raises(ProcessLookupError):  # gunicorn is gone
+        os.killpg(serving.pid, 0)
+    assert not nginx.accepts(url.removeprefix("http://")) and not folder.exists()  # and so is nginx
