@@ -55,8 +55,9 @@ def render(upstreams, listen, folder, rate_limit=0, metrics_allow=LOOPBACK, user
     """The configuration: nginx on `listen` (host:port), passing to `upstreams` (each an nginx
     `server` argument: "unix:/run/flashsale.sock", "127.0.0.1:8001 backup", ...), with its pid,
     logs and temporary files in `folder`. `rate_limit`: requests/s per client address, 0 for none.
-    `user`: the workers' "user group" when started as root (worker_user()). `error_log` and `access_log` default to
-    files in `folder`; pass "stderr" or "off"."""
+    `metrics_allow`: the networks that may read /metrics. `user`: the workers' "user group" when
+    started as root (worker_user()). `error_log`: FOLDER/error.log unless given ("stderr", a
+    path). `access_log`: off unless given (a path), as gunicorn's."""
     folder = Path(folder).resolve()
     if not upstreams:
         raise ValueError("at least one upstream is needed")
@@ -70,7 +71,7 @@ def render(upstreams, listen, folder, rate_limit=0, metrics_allow=LOOPBACK, user
         "user": f"user {user};" if user else "# the workers run as the user who started nginx",
         "folder": str(folder),
         "error_log": error_log or str(folder / "error.log"),
-        "access_log": access_log or str(folder / "access.log"),
+        "access_log": access_log or "off",
         "rate_limit_zone": zone,
         "rate_limit": limit,
         "metrics_allow": "\n".join(f"        {network} 1;" for network in metrics_allow),
