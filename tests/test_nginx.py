@@ -101,6 +101,18 @@ def test_nginx_refuses_what_the_api_refuses_as_problems(start_proxied, reset):
 
     status, answer = raw_request(server.url, b"GARBAGE")
     assert_raw_problem(answer, 400, "bad_request")
+
+    # Chunked bodies: nginx reads them whole and passes them on with a Content-Length.
+    chunked = (b"POST /buy_ticket HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+               b"Content-Type: application/json\r\nTransfer-Encoding: chunked")
+    too_big = b"x" * (service.MAX_BODY_BYTES + 1)
+    status, answer = raw_request(server.url, chunked, b"%x\r\n%s\r\n0\r\n\r\n" % (len(too_big), too_big))
+    assert_raw_problem(answer, 413, "payload_too_large")
+    status, answer = raw_request(server.url, chunked, b"zz\r\nbroken\r\n")
+    assert_raw_problem(answer, 400, "bad_request")
+    purchase = b'{"item_id": 1, "user_id": "chunked"}'
+    status, answer = raw_request(server.url, chunked, b"%x\r\n%s\r\n0\r\n\r\n" % (len(purchase), purchase))
+    assert status == 201, answer
     status, answer = raw_request(server.url, b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x")
     assert_raw_problem(answer, 414, "uri_too_long")
     status, answer = raw_request(server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
