@@ -68,6 +68,12 @@ def item(conn, item_id=1):
     return conn.execute(db.query("get_item"), {"item_id": item_id}).fetchone()
 
 
+def lock_waiters(conn):
+    """How many of the service's connections wait for a lock."""
+    return conn.execute(db.query("count_lock_waiters", db.TEST_QUERIES),
+                        {"application_name": db.APPLICATION_NAME}).fetchone()["waiting"]
+
+
 def cut_service_connections(conn):
     conn.execute(db.query("terminate_connections", db.TEST_QUERIES), {"application_name": db.APPLICATION_NAME})
 

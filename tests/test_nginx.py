@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ import reset_db
 import settings as configuration
 from conftest import ROOT
 from deploy import nginx
-from local_server import free_address, wait_until_ready
-from support import Slowloris, assert_raw_problem, parse_answer, raw_request
+from local_server import LocalServer, free_address, wait_until_ready
+from support import (Slowloris, assert_raw_problem, lock_waiters, parse_answer, purchases, raw_request,
+                     row_lock_held)
 
 FIGURES = {}  # printed at the end of the run by conftest.py
 SLOW_CONNECTIONS = 200
@@ -146,6 +148,36 @@ def test_a_post_is_never_sent_twice_when_an_upstream_dies(start_nginx, stand_in)
     # A GET may be tried on the next upstream: the stand-ins do see a retry when one happens.
     requests.get(f"{proxy.url}/items/1", timeout=10)
     assert len(first.heads) + len(second.heads) == 3
+
+
+def test_a_purchase_is_not_sent_again_when_its_gunicorn_worker_dies(start_nginx, nginx_folder, conn, reset):
+    """Two real gunicorns behind nginx; the purchase waits on the row lock in one worker, which
+    is killed. Sent again, it would wait in the other gunicorn and sell once the lock is free."""
+    reset(stock=10)
+    sockets = [nginx_folder / "first.sock", nginx_folder / "second.sock"]
+    upstreams = [LocalServer(bind=f"unix:{path}", WEB_CONCURRENCY="1") for path in sockets]
+    try:
+        proxy = start_nginx([f"unix:{path} max_fails=0" for path in sockets])
+        for _ in range(4):  # each gunicorn answers /readyz, in turn
+            assert wait_until_ready(proxy.url, 30), "\n".join(upstream.output() for upstream in upstreams)
+        with ThreadPoolExecutor(1) as pool:
+            with row_lock_held():
+                answer = pool.submit(requests.post, f"{proxy.url}/buy_ticket", timeout=30,
+                                     json={"item_id": 1, "user_id": "alice"})
+                deadline = time.monotonic() + 15
+                while lock_waiters(conn) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert lock_waiters(conn) == 1, "the purchase never reached a worker"
+                for upstream in upstreams:
+                    for pid in upstream.worker_pids():
+                        os.kill(pid, signal.SIGKILL)
+                wait([answer], timeout=5)  # a purchase sent again would wait for the lock
+            answer = answer.result()
+    finally:
+        for upstream in upstreams:
+            upstream.stop()
+    assert answer.status_code == 502 and answer.json()["code"] == "bad_gateway"
+    assert purchases(conn) == [], "the purchase was sent to the other gunicorn"
 
 
 def test_metrics_only_from_allowed_addresses_and_the_client_address_is_passed_on(start_nginx, stand_in):
