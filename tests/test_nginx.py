@@ -18,7 +18,7 @@ import reset_db
 import settings as configuration
 from conftest import ROOT
 from deploy import nginx
-from local_server import LocalServer, free_address, wait_until_ready
+from local_server import free_address, wait_until_ready
 from support import (Slowloris, assert_raw_problem, lock_waiters, parse_answer, purchases, raw_request,
                      row_lock_held)
 
@@ -34,14 +34,14 @@ def sale(url, stock=STOCK):
     options = proof.parse_options(["--url", url, "--database-url", os.environ["DATABASE_URL"],
                                    "--requests", str(2 * stock), "--processes", "20", "--stock", str(stock)])
     reset_db.reset(stock=stock, max_per_user=stock)
-    purchases = proof.run_burst(options, proof.make_purchases(options))
+    answered = proof.run_burst(options, proof.make_purchases(options))
     item, rows = proof.database_state(options.database_url)
     # From the first answer, not from the start: forking the 20 processes takes longer than
     # the sale and varies more.
-    first = min(purchase.answered_at[0] for purchase in purchases)
-    sold_at = [purchase.answered_at[-1] for purchase in purchases if purchase.acknowledged]
+    first = min(purchase.answered_at[0] for purchase in answered)
+    sold_at = [purchase.answered_at[-1] for purchase in answered if purchase.acknowledged]
     rate = (len(sold_at) - 1) / (max(sold_at) - first) if len(sold_at) > 1 else 0.0
-    return proof.verdict(options, purchases, item, rows), len(sold_at), rate
+    return proof.verdict(options, answered, item, rows), len(sold_at), rate
 
 
 def test_slowloris_connections_do_not_stop_the_sale(start_proxied):
@@ -150,32 +150,29 @@ def test_a_post_is_never_sent_twice_when_an_upstream_dies(start_nginx, stand_in)
     assert len(first.heads) + len(second.heads) == 3
 
 
-def test_a_purchase_is_not_sent_again_when_its_gunicorn_worker_dies(start_nginx, nginx_folder, conn, reset):
+def test_a_purchase_is_not_sent_again_when_its_gunicorn_worker_dies(start_server, start_nginx, nginx_folder,
+                                                                    conn, reset):
     """Two real gunicorns behind nginx; the purchase waits on the row lock in one worker, which
     is killed. Sent again, it would wait in the other gunicorn and sell once the lock is free."""
     reset(stock=10)
     sockets = [nginx_folder / "first.sock", nginx_folder / "second.sock"]
-    upstreams = [LocalServer(bind=f"unix:{path}", WEB_CONCURRENCY="1") for path in sockets]
-    try:
-        proxy = start_nginx([f"unix:{path} max_fails=0" for path in sockets])
-        for _ in range(4):  # each gunicorn answers /readyz, in turn
-            assert wait_until_ready(proxy.url, 30), "\n".join(upstream.output() for upstream in upstreams)
-        with ThreadPoolExecutor(1) as pool:
-            with row_lock_held():
-                answer = pool.submit(requests.post, f"{proxy.url}/buy_ticket", timeout=30,
-                                     json={"item_id": 1, "user_id": "alice"})
-                deadline = time.monotonic() + 15
-                while lock_waiters(conn) == 0 and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert lock_waiters(conn) == 1, "the purchase never reached a worker"
-                for upstream in upstreams:
-                    for pid in upstream.worker_pids():
-                        os.kill(pid, signal.SIGKILL)
-                wait([answer], timeout=5)  # a purchase sent again would wait for the lock
-            answer = answer.result()
-    finally:
-        for upstream in upstreams:
-            upstream.stop()
+    upstreams = [start_server(bind=f"unix:{path}", WEB_CONCURRENCY="1") for path in sockets]
+    proxy = start_nginx([f"unix:{path} max_fails=0" for path in sockets])
+    for _ in range(4):  # each gunicorn answers /readyz, in turn
+        assert wait_until_ready(proxy.url, 30), "\n".join(upstream.output() for upstream in upstreams)
+    with ThreadPoolExecutor(1) as pool:
+        with row_lock_held():
+            answer = pool.submit(requests.post, f"{proxy.url}/buy_ticket", timeout=30,
+                                 json={"item_id": 1, "user_id": "alice"})
+            deadline = time.monotonic() + 15
+            while lock_waiters(conn) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert lock_waiters(conn) == 1, "the purchase never reached a worker"
+            for upstream in upstreams:
+                for pid in upstream.worker_pids():
+                    os.kill(pid, signal.SIGKILL)
+            wait([answer], timeout=5)  # a purchase sent again would wait here for the lock
+        answer = answer.result()
     assert answer.status_code == 502 and answer.json()["code"] == "bad_gateway"
     assert purchases(conn) == [], "the purchase was sent to the other gunicorn"
 
