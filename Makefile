@@ -10,30 +10,35 @@ TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_UR
 CHECK_SETTINGS := $(PYTHON) settings.py
 UPGRADE_SCHEMA := $(VENV)/bin/flask --app app db upgrade
 
-.PHONY: run test serve reset chaos bench bench-smoke wrk db db-stop clean
+.PHONY: run test serve reset chaos bench bench-smoke wrk nginx db db-stop clean
 
 run: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
 
-test: $(VENV)/installed
+test: $(VENV)/installed nginx
 	$(TEST_DATABASE) && $(PYTHON) -m pytest
 
+# nginx on API_URL in front of gunicorn on a unix socket, both in the foreground; Ctrl-C stops both.
 # Keeps the sales the database holds: `make reset` for a fresh item 1.
-serve: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(VENV)/bin/gunicorn -c gunicorn.conf.py
+serve: $(VENV)/installed nginx
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) deploy/nginx.py serve
 
 chaos: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) chaos.py
 
-bench: $(VENV)/installed wrk
+bench: $(VENV)/installed wrk nginx
 	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py
 
 # A few seconds of every measurement, so that the benchmark keeps working; no figure is judged.
-bench-smoke: $(VENV)/installed wrk
+bench-smoke: $(VENV)/installed wrk nginx
 	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py --smoke
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+# Debian puts nginx in /usr/sbin, which a user's PATH may lack.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { apt-get update -qq && apt-get install -y -qq nginx; }
 
 reset: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py --yes

@@ -35,6 +35,8 @@ class Settings:
     sold_out_cache: float
     total_requests: int
     concurrent_processes: int
+    # nginx in front (deploy/nginx.py): requests/s per client address, 0 for no limit
+    nginx_rate_limit: int
 
 
 def environment():
@@ -93,6 +95,8 @@ def from_environ(environ):
         sold_out_cache=number(environ, "SOLD_OUT_CACHE_SECONDS", 0.5, float, 0.0),
         total_requests=number(environ, "TOTAL_REQUESTS", 1000, int, 1),
         concurrent_processes=number(environ, "CONCURRENT_PROCESSES", 50, int, 1),
+        # nginx in front (deploy/nginx.py)
+        nginx_rate_limit=number(environ, "NGINX_RATE_LIMIT", 0, int, 0),
     )
 
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 import db  # noqa: E402
 import reset_db  # noqa: E402
 import settings as configuration  # noqa: E402
+from deploy.nginx import GunicornBehindNginx  # noqa: E402
 from local_server import LocalServer  # noqa: E402
 
 BENCH = ROOT / "bench"
@@ -67,6 +68,15 @@ def gunicorn(workers, app="app:app", **env):
 # name -> (off, on), each a function of the worker count that returns a server to measure
 # (a context manager with `url`; its optional `wrk_args` are passed to buy.lua).
 FEATURES = {}
+
+
+def behind_nginx(workers, app="app:app", **env):
+    """The same gunicorn on a unix socket, with nginx in front on a loopback address of its own.
+    nginx keeps wrk's connections open, which gunicorn's sync worker cannot."""
+    return GunicornBehindNginx(app, host=fresh_host(), WEB_CONCURRENCY=str(workers), **env)
+
+
+FEATURES["nginx"] = (gunicorn, behind_nginx)
 
 
 def wrk(url, seconds, connections, items=1, limit=None, extra=()):

@@ -1,5 +1,6 @@
 """Fixtures: the real PostgreSQL of DATABASE_URL, Flask's test client, and real gunicorn servers."""
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,7 +32,9 @@ import app as service  # noqa: E402
 import db  # noqa: E402
 import reset_db  # noqa: E402
 import schema  # noqa: E402
+from deploy import nginx  # noqa: E402
 from local_server import LocalServer  # noqa: E402
+from support import StandInUpstream  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -84,9 +87,62 @@ def start_server():
         running.stop()
 
 
+@pytest.fixture
+def start_proxied():
+    """Start gunicorn servers behind nginx, with their own environment; all are stopped afterwards."""
+    started = []
+
+    def start(nginx_options=None, **env):
+        started.append(nginx.GunicornBehindNginx(nginx_options=nginx_options, **env))
+        return started[-1].wait_ready()
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def nginx_folder():
+    """A folder for one nginx and its stand-in upstreams' sockets, removed afterwards."""
+    folder = nginx.make_folder()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def start_nginx(nginx_folder):
+    """Start nginx in nginx_folder in front of these upstreams; stopped afterwards."""
+    started = []
+
+    def start(upstreams, **options):
+        started.append(nginx.Nginx(upstreams, folder=nginx_folder, **options))
+        return started[-1].wait_listening()
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def stand_in(nginx_folder):
+    """Start stand-in upstreams on unix sockets in nginx_folder; closed afterwards."""
+    started = []
+
+    def start(name, dying=False):
+        started.append(StandInUpstream(nginx_folder / f"{name}.sock", dying))
+        return started[-1]
+
+    yield start
+    for upstream in started:
+        upstream.close()
+
+
 def pytest_terminal_summary(terminalreporter):
     """The fuzzing figures: how many generated requests were sent, how many got a 5xx."""
     fuzz = sys.modules.get("test_fuzz")
     if fuzz is not None and fuzz.SENT["requests"]:
         terminalreporter.write_line(
             f"fuzz: {fuzz.SENT['requests']} generated requests, {fuzz.SENT['5xx']} answered 5xx")
+    behind_nginx = sys.modules.get("test_nginx")
+    if behind_nginx is not None and behind_nginx.FIGURES:
+        terminalreporter.write_line(f"nginx: {behind_nginx.FIGURES['slowloris']}")
