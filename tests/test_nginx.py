@@ -19,7 +19,7 @@ import settings as configuration
 from conftest import ROOT
 from deploy import nginx
 from local_server import free_address, wait_until_ready
-from support import (wait_for_waiting_buyers, Slowloris, assert_raw_problem, parse_answer, purchases, raw_request,
+from support import (Slowloris, assert_raw_problem, parse_answer, purchases, raw_request, wait_for_waiting_buyers,
                      row_lock_held)
 
 FIGURES = {}  # printed at the end of the run by conftest.py
