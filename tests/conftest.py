@@ -1,4 +1,5 @@
 """Fixtures: the real PostgreSQL of DATABASE_URL, Flask's test client, and real gunicorn servers."""
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -30,7 +31,9 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 import app as service  # noqa: E402
 import db  # noqa: E402
 import reset_db  # noqa: E402
+import settings as configuration  # noqa: E402
 from local_server import LocalServer  # noqa: E402
+from support import TOKEN_SECRET  # noqa: E402
 
 
 @pytest.fixture
@@ -55,6 +58,29 @@ def client(reset):
 def server():
     """One gunicorn with four workers for the whole session."""
     running = LocalServer(WEB_CONCURRENCY="4")
+    try:
+        yield running.wait_ready()
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def verified_app():
+    """The app in verified mode: HS256 tokens signed with support.TOKEN_SECRET."""
+    verified = configuration.auth_settings({"AUTH_JWT_SECRET": TOKEN_SECRET})
+    return service.create_app(dataclasses.replace(configuration.load(), **verified))
+
+
+@pytest.fixture
+def verified_client(reset, verified_app):
+    reset(stock=100)
+    return verified_app.test_client()
+
+
+@pytest.fixture(scope="session")
+def verified_server():
+    """One gunicorn in verified mode, with two workers, for the whole session."""
+    running = LocalServer(WEB_CONCURRENCY="2", AUTH_JWT_SECRET=TOKEN_SECRET)
     try:
         yield running.wait_ready()
     finally:

@@ -1,7 +1,10 @@
 """What the tests share: requests through Flask's test client, raw sockets to real gunicorn,
 the database checks, and holding an item's row lock. conftest.py makes fixtures of them."""
 import socket
+import time
 from contextlib import contextmanager
+
+import jwt
 
 import db
 
@@ -73,3 +76,19 @@ def row_lock_held(item_id=1, database_url=None):
     with db.connect(database_url) as hog, hog.transaction():
         hog.execute(db.query("lock_item", db.TEST_QUERIES), {"item_id": item_id})
         yield
+
+
+# Verified mode: the tests' identity provider signs with this secret (HS256).
+TOKEN_SECRET = "tests-only-secret-" + "0123456789abcdef" * 4  # long enough for HS512 too
+
+
+def mint(sub="alice", secret=TOKEN_SECRET, algorithm="HS256", lifetime=300, headers=None, **claims):
+    """A signed token for `sub`, valid for `lifetime` seconds; `claims` add or override claims
+    (None removes one)."""
+    payload = {"sub": sub, "exp": int(time.time()) + lifetime, **claims}
+    payload = {name: value for name, value in payload.items() if value is not None}
+    return jwt.encode(payload, secret, algorithm=algorithm, headers=headers)
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
