@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import app as service
+import proof_of_correctness as proof
 import settings as configuration
 from support import TOKEN_SECRET, assert_problem, bearer, item, mint, purchases
 
@@ -262,3 +263,18 @@ def test_the_sold_out_crowd_needs_a_valid_token_too(start_server, reset, conn):
     forged = requests.post(url, json={"item_id": 1}, headers=bearer(mint("x", secret=OTHER_SECRET)), timeout=5)
     assert forged.status_code == 401 and forged.json()["code"] == "invalid_token"
     assert len(purchases(conn)) == 1
+
+
+def test_the_proof_passes_through_real_token_checks(verified_server, capsys):
+    status = proof.main(["--url", verified_server.url, "--requests", "200", "--processes", "10", "--stock", "50",
+                         "--token-secret", TOKEN_SECRET])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "each buyer with its own bearer token" in out
+    assert "SUCCESS: Strict consistency maintained. Exactly 50 items sold." in out
+
+
+def test_the_proof_fails_without_tokens_against_a_verified_server(verified_server, capsys):
+    status = proof.main(["--url", verified_server.url, "--requests", "20", "--processes", "4", "--stock", "5"])
+    out = capsys.readouterr().out
+    assert status == 1 and "401 unauthorized" in out and "SUCCESS" not in out
