@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 REALM = "flashsale"
 MAX_TOKEN_LENGTH = 4096  # far above a real token; refused before any parsing
-# Three base64url segments (PyJWT tolerates '=' padding); the signature may be empty (alg none).
-COMPACT_JWS = re.compile(r"[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*")
+# Three base64url segments without padding (RFC 7515 section 2; PyJWT would take a trailing '=');
+# the signature may be empty (alg none), which PyJWT refuses.
+COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 TIME_CLAIMS = ("exp", "nbf", "iat")
 OPEN_MODE_WARNING = ("buyer identity is NOT verified (open mode): user_id is taken from the request "
                      "body; set AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY to verify bearer tokens")
@@ -58,11 +59,13 @@ def is_number(value):
 
 def claims_well_typed(claims):
     """The registered claims have RFC 7519's types. PyJWT reads a time claim with int(), which
-    takes "123" or true, and lets a falsy aud (0, [], null) or any iss pass when none is configured."""
-    aud = claims.get("aud", "")
+    takes "123" or true, and lets a falsy aud (0, [], null) or any iss pass when none is configured.
+    An aud names somebody: a non-empty string, or a non-empty list of them."""
+    aud = claims.get("aud", "anyone")
     return (all(is_number(claims[name]) for name in TIME_CLAIMS if name in claims)
             and isinstance(claims.get("iss", ""), str)
-            and (isinstance(aud, str) or (type(aud) is list and all(isinstance(one, str) for one in aud))))
+            and bool(aud)
+            and (isinstance(aud, str) or (type(aud) is list and all(isinstance(one, str) and one for one in aud))))
 
 
 class Verifier:

@@ -102,8 +102,12 @@ def start_server():
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The fuzzing figures: how many generated requests were sent, how many got a 5xx."""
+    """The fuzzing figures: how many generated requests and tokens were sent, how many got a 5xx."""
     fuzz = sys.modules.get("test_fuzz")
     if fuzz is not None and fuzz.SENT["requests"]:
         terminalreporter.write_line(
             f"fuzz: {fuzz.SENT['requests']} generated requests, {fuzz.SENT['5xx']} answered 5xx")
+    tokens = sys.modules.get("test_auth_fuzz")
+    if tokens is not None and tokens.SENT["tokens"]:
+        terminalreporter.write_line(
+            f"token fuzz: {tokens.SENT['tokens']} generated tokens, {tokens.SENT['5xx']} answered 5xx")
