@@ -168,6 +168,13 @@ def auth_settings(environ):
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigError(f"AUTH_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes, "
                               f"got {len(secret.encode())}")
+        from jwt.algorithms import HMACAlgorithm
+        from jwt.exceptions import InvalidKeyError
+        try:  # once here: auth.py does not check the secret again for every token
+            HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
+        except InvalidKeyError:
+            raise ConfigError("AUTH_JWT_SECRET looks like a key or certificate; an HMAC secret is "
+                              "random bytes (a public key goes in AUTH_JWT_PUBLIC_KEY)") from None
         names = names or ["HS256"]
         for name in names:
             if name not in HMAC_ALGORITHMS:

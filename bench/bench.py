@@ -9,11 +9,15 @@
 import argparse
 import json
 import random
+import secrets
 import subprocess
 import sys
 import time
 import uuid
+from functools import cache
 from pathlib import Path
+
+import jwt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -67,6 +71,42 @@ def gunicorn(workers, app="app:app", **env):
 # name -> (off, on), each a function of the worker count that returns a server to measure
 # (a context manager with `url`; its optional `wrk_args` are passed to buy.lua).
 FEATURES = {}
+
+# Verified tokens: the same gunicorn in open mode against verified mode (HS256). Each request
+# carries a token of its own (no two alike within a thread, from a random place in the file), so
+# the per-process cache of verified tokens never helps: this is the cost of verifying every one.
+TOKENS = 200_000
+TOKEN_LIFETIME_SECONDS = 3 * 3600
+NO_AUTH = {"AUTH_JWT_SECRET": "", "AUTH_JWT_PUBLIC_KEY": "", "AUTH_JWT_ALGORITHMS": "",
+           "AUTH_JWT_AUDIENCE": "", "AUTH_JWT_ISSUER": ""}
+
+
+@cache
+def token_file():
+    """(secret, path): a fresh secret, and a file of "sub token" lines for buy.lua."""
+    secret = secrets.token_hex(32)
+    expires = int(time.time()) + TOKEN_LIFETIME_SECONDS
+    path = BENCH / "results" / "tokens.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run = uuid.uuid4().hex[:8]
+    lines = (f"{run}-{n} {jwt.encode({'sub': f'{run}-{n}', 'exp': expires}, secret, 'HS256')}\n"
+             for n in range(TOKENS))
+    path.write_text("".join(lines))
+    return secret, path
+
+
+def open_mode(workers):
+    return gunicorn(workers, **NO_AUTH)
+
+
+def verified_mode(workers):
+    secret, path = token_file()
+    server = gunicorn(workers, **{**NO_AUTH, "AUTH_JWT_SECRET": secret, "AUTH_JWT_ALGORITHMS": "HS256"})
+    server.wrk_args = (str(path),)
+    return server
+
+
+FEATURES["verified tokens"] = (open_mode, verified_mode)
 
 
 def wrk(url, seconds, connections, items=1, limit=None, extra=()):

@@ -107,7 +107,17 @@ INVALID_TOKENS = {
     "iss of the wrong type": lambda: hand_signed({"alg": "HS256"}, {"sub": "a", "exp": time.time() + 60, "iss": []}),
     "payload not an object": lambda: hand_signed({"alg": "HS256"}, ["sub", "a"]),
     "huge": lambda: mint(padding="x" * 5000),
+    "padded": lambda: mint() + "=",
+    "non-canonical base64": lambda: non_canonical(mint()),
 }
+
+
+def non_canonical(token):
+    """The same signature bytes, spelled with other unused trailing bits: PyJWT refuses it."""
+    head, signature = token.rsplit(".", 1)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(signature[-1])
+    return f"{head}.{signature[:-1]}{alphabet[last ^ 1]}"  # a 32-byte HMAC leaves 2 bits unused
 
 
 @pytest.mark.parametrize("case", INVALID_TOKENS)

@@ -30,6 +30,7 @@ PRIVATE_PEM = ec.generate_private_key(ec.SECP256R1()).private_bytes(
     ({"AUTH_JWT_SECRET": TOKEN_SECRET, "AUTH_JWT_ALGORITHMS": "none"}, "'none' is not one of HS256"),
     ({"AUTH_JWT_SECRET": TOKEN_SECRET, "AUTH_JWT_ALGORITHMS": "HS256,RS256"}, "'RS256' is not one of HS256"),
     ({"AUTH_JWT_SECRET": "s" * 40, "AUTH_JWT_ALGORITHMS": "HS512"}, "at least 64 bytes for HS512"),
+    ({"AUTH_JWT_SECRET": RSA_PEM}, "AUTH_JWT_SECRET looks like a key or certificate"),
     ({"AUTH_JWT_PUBLIC_KEY": RSA_PEM, "AUTH_JWT_ALGORITHMS": "HS256"}, "'HS256' is not one of RS256"),
     ({"AUTH_JWT_PUBLIC_KEY": RSA_PEM, "AUTH_JWT_ALGORITHMS": "ES256"}, "ES256 does not fit the key"),
     ({"AUTH_JWT_PUBLIC_KEY": EC_PEM, "AUTH_JWT_ALGORITHMS": "ES384"}, "ES384 does not fit the key"),
