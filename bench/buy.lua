@@ -37,7 +37,7 @@ function init(args)
     if args[5] then load_tokens(args[5]) end
 end
 
--- Verified mode: each request sends the next token of the file, from a random place in it.
+-- Verified mode: each request sends the next buyer's token of the file, from a random place in it.
 function load_tokens(path)
     users, tokens, sent_times = {}, {}, {}
     for line in io.lines(path) do
