@@ -193,6 +193,9 @@ def feature_cost(database_url, seconds, workers, rounds, off, on, name):
             lambda: service_run(database_url, seconds, workers, stock, serve=off, what=f"{name} off, {kind}"),
             lambda: service_run(database_url, seconds, workers, stock, serve=on, what=f"{name} on, {kind}"),
             rounds)
+        refused = {status: count for status, count in measured["statuses"].items() if status in ("401", "403", "422")}
+        if refused:  # the load itself was wrong (a token refused, say): its speed would mean nothing
+            sys.exit(f"feature {name} on, {kind}: the service refused the requests: {refused}")
         cost[kind] = {"off": baseline["per_second"], "on": measured["per_second"],
                       "ratios": measured["ratios"], "ratio": sorted(measured["ratios"])[rounds // 2]}
     return cost
