@@ -12,8 +12,13 @@ UPGRADE_SCHEMA := $(VENV)/bin/flask --app app db upgrade
 
 .PHONY: run test serve reset chaos bench bench-smoke wrk nginx db db-stop clean
 
+# The proof runs in verified mode: a fresh HS256 secret for gunicorn and for the proof's tokens.
+FRESH_SECRET := export AUTH_JWT_SECRET="$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(32))')" \
+	AUTH_JWT_PUBLIC_KEY= AUTH_JWT_ALGORITHMS=HS256
+
 run: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
+	$(DATABASE) && $(FRESH_SECRET) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && \
+		$(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
 
 test: $(VENV)/installed nginx
 	$(TEST_DATABASE) && $(PYTHON) -m pytest

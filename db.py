@@ -173,6 +173,17 @@ def get_item(item_id):
     return rows[0] if rows else None
 
 
+def buyer_purchases(user_id, after, limit):
+    """The buyer's purchases older than purchase id `after` (all when None), newest first."""
+    return _run("buyer_purchases", {"user_id": user_id, "after": after, "limit": limit})
+
+
+def buyer_purchase(user_id, purchase_id):
+    """The purchase if it is the buyer's, else None."""
+    rows = _run("buyer_purchase", {"user_id": user_id, "purchase_id": purchase_id})
+    return rows[0] if rows else None
+
+
 def ping(timeout=READY_TIMEOUT_SECONDS):
     """True when the database answers within `timeout` seconds."""
     try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import auth  # noqa: E402
 import db  # noqa: E402
 import schema  # noqa: E402
 import settings as configuration  # noqa: E402
@@ -39,6 +40,8 @@ def on_starting(server):
 def when_ready(server):
     """Warn once when the workers' pools together may ask for more connections than the
     database allows: the last ones to connect would be refused."""
+    if auth.mode(settings) == "open":  # here, in the master: once, not once per worker
+        server.log.warning(auth.OPEN_MODE_WARNING)
     wanted = settings.web_concurrency * (settings.pool_size + settings.max_overflow)
     try:
         available = db.available_connections()

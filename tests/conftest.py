@@ -1,4 +1,5 @@
 """Fixtures: the real PostgreSQL of DATABASE_URL, Flask's test client, and real gunicorn servers."""
+import dataclasses
 import os
 import shutil
 import sys
@@ -32,9 +33,10 @@ import app as service  # noqa: E402
 import db  # noqa: E402
 import reset_db  # noqa: E402
 import schema  # noqa: E402
+import settings as configuration  # noqa: E402
 from deploy import nginx  # noqa: E402
 from local_server import LocalServer  # noqa: E402
-from support import StandInUpstream  # noqa: E402
+from support import TOKEN_SECRET, StandInUpstream  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,6 +69,29 @@ def client(reset):
 def server():
     """One gunicorn with four workers for the whole session."""
     running = LocalServer(WEB_CONCURRENCY="4")
+    try:
+        yield running.wait_ready()
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def verified_app():
+    """The app in verified mode: HS256 tokens signed with support.TOKEN_SECRET."""
+    verified = configuration.auth_settings({"AUTH_JWT_SECRET": TOKEN_SECRET})
+    return service.create_app(dataclasses.replace(configuration.load(), **verified))
+
+
+@pytest.fixture
+def verified_client(reset, verified_app):
+    reset(stock=100)
+    return verified_app.test_client()
+
+
+@pytest.fixture(scope="session")
+def verified_server():
+    """One gunicorn in verified mode, with two workers, for the whole session."""
+    running = LocalServer(WEB_CONCURRENCY="2", AUTH_JWT_SECRET=TOKEN_SECRET)
     try:
         yield running.wait_ready()
     finally:
@@ -138,7 +163,7 @@ def stand_in(nginx_folder):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The fuzzing figures: how many generated requests were sent, how many got a 5xx."""
+    """The fuzzing figures: how many generated requests and tokens were sent, how many got a 5xx."""
     fuzz = sys.modules.get("test_fuzz")
     if fuzz is not None and fuzz.SENT["requests"]:
         terminalreporter.write_line(
@@ -146,3 +171,7 @@ def pytest_terminal_summary(terminalreporter):
     behind_nginx = sys.modules.get("test_nginx")
     if behind_nginx is not None and behind_nginx.FIGURES:
         terminalreporter.write_line(f"nginx: {behind_nginx.FIGURES['slowloris']}")
+    tokens = sys.modules.get("test_auth_fuzz")
+    if tokens is not None and tokens.SENT["tokens"]:
+        terminalreporter.write_line(
+            f"token fuzz: {tokens.SENT['tokens']} generated tokens, {tokens.SENT['5xx']} answered 5xx")

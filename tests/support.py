@@ -12,6 +12,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import jwt
+
 import db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,3 +305,17 @@ class StandInUpstream:
         except OSError:
             pass
         self.listener.close()
+# Verified mode: the tests' identity provider signs with this secret (HS256).
+TOKEN_SECRET = "tests-only-secret-" + "0123456789abcdef" * 4  # long enough for HS512 too
+
+
+def mint(sub="alice", secret=TOKEN_SECRET, algorithm="HS256", lifetime=300, headers=None, **claims):
+    """A signed token for `sub`, valid for `lifetime` seconds; `claims` add or override claims
+    (None removes one)."""
+    payload = {"sub": sub, "exp": int(time.time()) + lifetime, **claims}
+    payload = {name: value for name, value in payload.items() if value is not None}
+    return jwt.encode(payload, secret, algorithm=algorithm, headers=headers)
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
