@@ -2,11 +2,13 @@
 import json
 import re
 
-from flask import Flask, Response, request
+from flask import Flask, Response, abort, render_template, request
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
 import db
+import metrics
+import observe
 import settings as configuration
 
 MAX_BODY_BYTES = 4096
@@ -32,6 +34,10 @@ REFUSALS = {
     "idempotency_key_reused": (422, "Idempotency key reused",
                                "This Idempotency-Key was already used for a different purchase."),
 }
+PAGE_SIZE = 100  # GET /items: items per page unless `limit` says otherwise
+MAX_PAGE_SIZE = 1000
+STATUS_PAGE_ITEMS = 1000  # the status page's first rendering; its script reads every page
+DIGITS = re.compile("[0-9]{1,10}")
 HTTP_ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                     413: "payload_too_large"}
 
@@ -57,6 +63,7 @@ def problem_response(problem):
         "code": problem.code,
         **problem.extra,
     }
+    request.environ[observe.CODE_KEY] = problem.code  # for the access log
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if problem.status == 503 else None
     return json_response(body, problem.status, headers, mimetype="application/problem+json")
 
@@ -162,6 +169,34 @@ def parse_purchase(environ):
     return body["item_id"], body["user_id"], body["quantity"], key
 
 
+def parse_page(args):
+    """GET /items' query: (after, limit), or a Problem naming each bad parameter."""
+    errors, values = [], {}
+    for name, low, high, default in (("after", 0, MAX_INT, 0), ("limit", 1, MAX_PAGE_SIZE, PAGE_SIZE)):
+        given = args.getlist(name)
+        values[name] = default
+        if len(given) > 1:
+            errors.append({"field": name, "message": "is given more than once"})
+        elif given and DIGITS.fullmatch(given[0]) and low <= int(given[0]) <= high:
+            values[name] = int(given[0])
+        elif given:
+            errors.append({"field": name, "message": f"must be a whole number from {low} to {high}"})
+    for name in sorted(args.keys() - {"after", "limit"}):
+        errors.append({"field": name, "message": "is not a known parameter"})
+    if errors:
+        fields = ", ".join(error["field"] for error in errors)
+        raise Problem(422, "invalid_request", "Invalid request", f"Invalid parameters: {fields}.",
+                      errors=errors)
+    return values["after"], values["limit"]
+
+
+def with_iso_times(item):
+    for field in ("sale_starts_at", "sale_ends_at"):
+        if item[field] is not None:
+            item[field] = item[field].isoformat()
+    return item
+
+
 class FlashSale(Flask):
     def make_default_options_response(self):
         """OPTIONS names the allowed methods in `Allow`, with no body to describe."""
@@ -173,9 +208,13 @@ class FlashSale(Flask):
 
 def create_app(settings=None):
     """The WSGI app. Without `settings`, the process's own (settings.load())."""
-    db.configure(settings or configuration.load_or_exit())
+    settings = settings or configuration.load_or_exit()
+    db.configure(settings)
     app = FlashSale(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    metrics.start(settings.metrics)
+    observe.setup_logging(settings.log_format)
+    app.wsgi_app = observe.Observed(app.wsgi_app, settings.access_log, db.pop_pool_stats)
 
     @app.post("/buy_ticket")
     def buy_ticket():
@@ -183,8 +222,10 @@ def create_app(settings=None):
         try:
             row = db.buy_ticket(item_id, user_id, quantity, key)
         except db.Unavailable:
+            metrics.purchase("unavailable", item_id, quantity)
             raise overloaded() from None
         outcome = row["outcome"]
+        metrics.purchase(outcome, item_id, quantity)
         if outcome in REFUSALS:
             status, title, detail = REFUSALS[outcome]
             detail = detail.format(item_id=item_id, user_id=user_id, quantity=quantity)
@@ -207,10 +248,39 @@ def create_app(settings=None):
             raise overloaded("The item could not be read in time. Retry later.") from None
         if item is None:
             raise Problem(404, "item_not_found", "Item not found", f"There is no item {item_id}.")
-        for field in ("sale_starts_at", "sale_ends_at"):
-            if item[field] is not None:
-                item[field] = item[field].isoformat()
-        return json_response(item)
+        return json_response(with_iso_times(item))
+
+    @app.get("/items")
+    def list_items():
+        after, limit = parse_page(request.args)
+        try:
+            rows = db.list_items(after, limit + 1)  # one more tells whether a next page exists
+        except db.Unavailable:
+            raise overloaded("The items could not be read in time. Retry later.") from None
+        items = [with_iso_times(row) for row in rows[:limit]]
+        next_after = items[-1]["id"] if len(rows) > limit else None
+        return json_response({
+            "items": items,
+            "next_after": next_after,
+            "next": None if next_after is None else f"/items?after={next_after}&limit={limit}",
+        })
+
+    @app.get("/status")
+    def status_page():
+        try:
+            items, error = [with_iso_times(row) for row in db.list_items(0, STATUS_PAGE_ITEMS)], None
+        except db.Unavailable:
+            items, error = [], "The database did not answer in time; retrying."
+        return render_template("status.html", items=items, error=error)
+
+    @app.get("/metrics")
+    def metrics_page():
+        """Prometheus' text format, for METRICS_ALLOW only; to anyone else there is no such page."""
+        if not metrics.enabled() or not metrics.allowed(request.remote_addr, settings.metrics_allow):
+            abort(404)
+        metrics.pool(db.pop_pool_stats())
+        body, content_type = metrics.exposition()
+        return Response(body, 200, content_type=content_type)
 
     @app.get("/healthz")
     def healthz():
@@ -237,7 +307,7 @@ def create_app(settings=None):
 
     @app.errorhandler(Exception)
     def handle_unexpected(error):
-        app.logger.exception("unexpected error")
+        observe.log_unexpected(request.environ)
         return problem_response(Problem(500, "internal_error", "Internal error",
                                         "The server failed to answer; nothing is known to be sold."))
 

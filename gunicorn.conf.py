@@ -7,6 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import db  # noqa: E402
+import metrics  # noqa: E402
 import settings as configuration  # noqa: E402
 
 settings = configuration.load_or_exit()
@@ -35,6 +36,26 @@ def when_ready(server):
         server.log.warning(
             "WEB_CONCURRENCY x (DB_POOL_SIZE + DB_MAX_OVERFLOW) = %d connections, more than the %d "
             "the database allows (max_connections less the reserved ones)", wanted, available)
+
+
+def on_starting(server):
+    """The metrics directory, made and emptied before any worker starts; the workers inherit
+    PROMETHEUS_MULTIPROC_DIR, which prometheus_client reads when they first import it."""
+    if settings.metrics:
+        try:
+            metrics.prepare_directory(settings.metrics_dir)
+        except OSError as exc:
+            sys.exit(f"Invalid configuration: PROMETHEUS_MULTIPROC_DIR {settings.metrics_dir!r}: {exc.strerror}")
+
+
+def child_exit(server, worker):
+    if settings.metrics:
+        metrics.mark_dead(worker.pid)
+
+
+def on_exit(server):
+    if settings.metrics:
+        metrics.remove_directory(settings.metrics_dir)
 
 
 def post_fork(server, worker):

@@ -1,7 +1,12 @@
 """What the tests share: requests through Flask's test client, raw sockets to real gunicorn,
 the database checks, and holding an item's row lock. conftest.py makes fixtures of them."""
 import socket
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 import db
 
@@ -73,3 +78,33 @@ def row_lock_held(item_id=1, database_url=None):
     with db.connect(database_url) as hog, hog.transaction():
         hog.execute(db.query("lock_item", db.TEST_QUERIES), {"item_id": item_id})
         yield
+
+
+def burst(server, count, threads=20, item_id=1, prefix="buyer"):
+    """`count` purchases of one unit each, a distinct user each, from `threads` threads;
+    answers counted by (status, code), a 201 counted as (201, "created")."""
+    def one(n):
+        answer = server.buy(item_id=item_id, user_id=f"{prefix}-{n}")
+        return answer.status_code, answer.json().get("code", "created")
+
+    with ThreadPoolExecutor(threads) as pool:
+        return Counter(pool.map(one, range(count)))
+
+
+def scrape(url):
+    """GET /metrics, parsed: {(name, ((label, value), ...)): value} for every sample."""
+    answer = requests.get(f"{url}/metrics", timeout=10)
+    assert answer.status_code == 200, answer.text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(answer.text) for sample in family.samples}
+
+
+def sample(samples, name, **labels):
+    """One sample's value from scrape(), 0 when absent (a counter nothing has counted yet)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+
+def set_sale(conn, item_id, remaining=None, starts_in=None, ends_in=None):
+    """Change an item's remaining stock and sale window (in seconds from now; None: unchanged)."""
+    conn.execute(db.query("set_sale", db.TEST_QUERIES), {
+        "item_id": item_id, "remaining": remaining, "starts_in": starts_in, "ends_in": ends_in})
