@@ -212,9 +212,7 @@ def create_app(settings=None):
     db.configure(settings)
     app = FlashSale(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    metrics.start(settings.metrics)
-    observe.setup_logging(settings.log_format)
-    app.wsgi_app = observe.Observed(app.wsgi_app, settings.access_log, db.pop_pool_stats)
+    observe.install(app, settings, db.pop_pool_stats)
 
     @app.post("/buy_ticket")
     def buy_ticket():

@@ -12,16 +12,35 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+from flask import request
+
 import metrics
 
 MAX_REQUEST_ID_LENGTH = 128
 REQUEST_ID = re.compile(f"[!-~]{{1,{MAX_REQUEST_ID_LENGTH}}}")  # visible ASCII
 REQUEST_ID_KEY = "flashsale.request_id"  # in the WSGI environ
 CODE_KEY = "flashsale.code"  # the problem's `code`, set by app.problem_response
+ROUTE_KEY = "flashsale.route"  # the URL rule that matched, for the metrics
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"  # as gunicorn's own lines
 
 access_logger = logging.getLogger("flashsale.access")
 error_logger = logging.getLogger("flashsale.error")
+
+
+def install(app, settings, pool_stats):
+    """Observe every request of the Flask `app`; `pool_stats` returns psycopg_pool's pop_stats()."""
+    metrics.start(settings.metrics)
+    setup_logging(settings.log_format)
+    if settings.metrics:
+        app.before_request(note_route)
+    app.wsgi_app = Observed(app.wsgi_app, settings.access_log, pool_stats)
+
+
+def note_route():
+    """Keep the URL rule that matched ("/items/<int:item_id>"): a label with a bounded number of
+    values, whatever paths clients try. Flask forgets its request once it has answered."""
+    rule = request.url_rule
+    request.environ[ROUTE_KEY] = rule.rule if rule is not None else "unmatched"
 
 
 class Observed:
@@ -31,7 +50,7 @@ class Observed:
     def __init__(self, app, access_log, pool_stats):
         self.app = app
         self.access_log = access_log
-        self.pool_stats = pool_stats  # a function returning psycopg_pool's pop_stats()
+        self.pool_stats = pool_stats
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -50,20 +69,12 @@ class Observed:
         seconds = time.perf_counter() - started
         status = int(statuses[-1][:3])
         if metrics.enabled():
-            metrics.request(route(environ), status, seconds)
+            metrics.request(environ.get(ROUTE_KEY, "unmatched"), status, seconds)
             if metrics.pool_stats_due():
                 metrics.pool(self.pool_stats())
         if self.access_log:
             log_request(environ, status, seconds)
         return body
-
-
-def route(environ):
-    """The URL rule that served the request ("/items/<int:item_id>"), or "unmatched": a label
-    with a bounded number of values, whatever paths clients try."""
-    request = environ.get("werkzeug.request")  # the Flask request, which keeps its matched rule
-    rule = request.url_rule if request is not None else None
-    return rule.rule if rule is not None else "unmatched"
 
 
 def target(environ):
