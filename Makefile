@@ -9,16 +9,17 @@ DATABASE := DATABASE_URL="$$(scripts/pg.sh url)" && export DATABASE_URL
 TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_URL FLASK_SKIP_DOTENV=1
 CHECK_SETTINGS := $(PYTHON) settings.py
 
-.PHONY: run test serve reset chaos bench bench-smoke wrk db db-stop clean
+.PHONY: run test serve reset chaos bench bench-smoke wrk browser db db-stop clean
 
 run: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
 
-test: $(VENV)/installed
+test: $(VENV)/installed browser
 	$(TEST_DATABASE) && $(PYTHON) -m pytest
 
+# With a log line per request unless ACCESS_LOG says otherwise.
 serve: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py && $(VENV)/bin/gunicorn -c gunicorn.conf.py
+	$(DATABASE) && export ACCESS_LOG="$${ACCESS_LOG:-1}" && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py && $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 chaos: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) chaos.py
@@ -32,6 +33,11 @@ bench-smoke: $(VENV)/installed wrk
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+# Headless Chromium and its driver, for the status page's test (tests/test_status_page.py).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 
 reset: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py

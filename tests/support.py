@@ -1,6 +1,7 @@
 """What the tests share: requests through Flask's test client, raw sockets to real gunicorn,
 the database checks, and holding an item's row lock. conftest.py makes fixtures of them."""
 import socket
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -108,3 +109,33 @@ def set_sale(conn, item_id, remaining=None, starts_in=None, ends_in=None):
     """Change an item's remaining stock and sale window (in seconds from now; None: unchanged)."""
     conn.execute(db.query("set_sale", db.TEST_QUERIES), {
         "item_id": item_id, "remaining": remaining, "starts_in": starts_in, "ends_in": ends_in})
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# What headless Chromium needs as root on a machine without a display or a network.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=420,900"]
+
+
+def open_browser(profile):
+    """Debian's Chromium through Debian's chromedriver, with a fresh profile folder."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+def wait_for(condition, seconds=15, every=0.1):
+    """True once `condition()` is true; False after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return condition()
