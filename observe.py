@@ -9,10 +9,8 @@ import logging
 import re
 import sys
 import time
-import uuid
+import os
 from datetime import datetime, timezone
-
-from flask import request
 
 import metrics
 
@@ -20,7 +18,6 @@ MAX_REQUEST_ID_LENGTH = 128
 REQUEST_ID = re.compile(f"[!-~]{{1,{MAX_REQUEST_ID_LENGTH}}}")  # visible ASCII
 REQUEST_ID_KEY = "flashsale.request_id"  # in the WSGI environ
 CODE_KEY = "flashsale.code"  # the problem's `code`, set by app.problem_response
-ROUTE_KEY = "flashsale.route"  # the URL rule that matched, for the metrics
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"  # as gunicorn's own lines
 
 access_logger = logging.getLogger("flashsale.access")
@@ -31,16 +28,7 @@ def install(app, settings, pool_stats):
     """Observe every request of the Flask `app`; `pool_stats` returns psycopg_pool's pop_stats()."""
     metrics.start(settings.metrics)
     setup_logging(settings.log_format)
-    if settings.metrics:
-        app.before_request(note_route)
     app.wsgi_app = Observed(app.wsgi_app, settings.access_log, pool_stats)
-
-
-def note_route():
-    """Keep the URL rule that matched ("/items/<int:item_id>"): a label with a bounded number of
-    values, whatever paths clients try. Flask forgets its request once it has answered."""
-    rule = request.url_rule
-    request.environ[ROUTE_KEY] = rule.rule if rule is not None else "unmatched"
 
 
 class Observed:
@@ -56,25 +44,34 @@ class Observed:
         started = time.perf_counter()
         request_id = environ.get("HTTP_X_REQUEST_ID")
         if request_id is None or REQUEST_ID.fullmatch(request_id) is None:
-            request_id = uuid.uuid4().hex
+            request_id = os.urandom(16).hex()
         environ[REQUEST_ID_KEY] = request_id
-        statuses = []
+        answer = []  # status, route
 
         def start_with_id(status, headers, exc_info=None):
             headers.append(("X-Request-ID", request_id))
-            statuses.append(status)
+            answer[:] = status, route(environ)
             return start_response(status, headers, exc_info)
 
         body = self.app(environ, start_with_id)  # Flask has started the answer when it returns
         seconds = time.perf_counter() - started
-        status = int(statuses[-1][:3])
+        status = int(answer[0][:3])
         if metrics.enabled():
-            metrics.request(environ.get(ROUTE_KEY, "unmatched"), status, seconds)
+            metrics.request(answer[1], status, seconds)
             if metrics.pool_stats_due():
                 metrics.pool(self.pool_stats())
         if self.access_log:
             log_request(environ, status, seconds)
         return body
+
+
+def route(environ):
+    """The URL rule that matched ("/items/<int:item_id>"), or "unmatched": a label with a bounded
+    number of values, whatever paths clients try. Read while Flask starts its answer: it forgets
+    its request right after."""
+    request = environ.get("werkzeug.request")
+    rule = request.url_rule if request is not None else None
+    return rule.rule if rule is not None else "unmatched"
 
 
 def target(environ):
