@@ -6,10 +6,10 @@ without METRICS.
 """
 import json
 import logging
+import os
 import re
 import sys
 import time
-import os
 from datetime import datetime, timezone
 
 import metrics
