@@ -10,7 +10,7 @@ TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_UR
 CHECK_SETTINGS := $(PYTHON) settings.py
 UPGRADE_SCHEMA := $(VENV)/bin/flask --app app db upgrade
 
-.PHONY: run test serve reset chaos bench bench-smoke wrk nginx db db-stop clean
+.PHONY: run test serve reset chaos bench bench-smoke wrk nginx browser db db-stop clean
 
 # The proof runs in verified mode: a fresh HS256 secret for gunicorn and for the proof's tokens.
 FRESH_SECRET := export AUTH_JWT_SECRET="$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(32))')" \
@@ -20,13 +20,15 @@ run: $(VENV)/installed
 	$(DATABASE) && $(FRESH_SECRET) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && \
 		$(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
 
-test: $(VENV)/installed nginx
+test: $(VENV)/installed nginx browser
 	$(TEST_DATABASE) && $(PYTHON) -m pytest
 
 # nginx on API_URL in front of gunicorn on a unix socket, both in the foreground; Ctrl-C stops both.
-# Keeps the sales the database holds: `make reset` for a fresh item 1.
+# A log line per request unless ACCESS_LOG says otherwise. Keeps the sales the database holds:
+# `make reset` for a fresh item 1.
 serve: $(VENV)/installed nginx
-	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) deploy/nginx.py serve
+	$(DATABASE) && export ACCESS_LOG="$${ACCESS_LOG:-1}" && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && \
+		$(PYTHON) deploy/nginx.py serve
 
 chaos: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) chaos.py
@@ -44,6 +46,11 @@ wrk:
 # Debian puts nginx in /usr/sbin, which a user's PATH may lack.
 nginx:
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { apt-get update -qq && apt-get install -y -qq nginx; }
+
+# Headless Chromium and its driver, for the status page's test (tests/test_status_page.py).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 
 reset: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py --yes

@@ -2,13 +2,15 @@
 import json
 import re
 
-from flask import Flask, Response, request
+from flask import Flask, Response, abort, render_template, request
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
 import auth
 import cli
 import db
+import metrics
+import observe
 import settings as configuration
 
 MAX_BODY_BYTES = 4096
@@ -34,6 +36,13 @@ REFUSALS = {
     "idempotency_key_reused": (422, "Idempotency key reused",
                                "This Idempotency-Key was already used for a different purchase."),
 }
+PAGE_SIZE = 100  # GET /items: items per page unless `limit` says otherwise
+MAX_PAGE_SIZE = 1000
+PURCHASES_PAGE_SIZE = 20  # GET /purchases
+MAX_PURCHASES_PAGE_SIZE = 100
+MAX_BIGINT = 2**63 - 1  # purchases.id
+STATUS_PAGE_ITEMS = 1000  # the status page's first rendering; its script reads every page
+DIGITS = re.compile("[0-9]{1,20}")
 HTTP_ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                     413: "payload_too_large"}
 
@@ -59,6 +68,7 @@ def problem_response(problem):
         "code": problem.code,
         **problem.extra,
     }
+    request.environ[observe.CODE_KEY] = problem.code  # for the access log
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if problem.status == 503 else None
     return json_response(body, problem.status, headers, mimetype="application/problem+json")
 
@@ -170,38 +180,38 @@ def parse_purchase(environ, buyer=None):
     return body["item_id"], body["user_id"], body["quantity"], key
 
 
-MAX_BIGINT = 2**63 - 1  # purchases.id
-PAGE_DEFAULT, PAGE_MAX = 20, 100
-ASCII_DIGITS = re.compile("[0-9]{1,20}")
-
-
-def page_number(raw, low, high):
-    """A query parameter as a whole number from low to high, else None."""
-    return int(raw) if raw is not None and ASCII_DIGITS.fullmatch(raw) and low <= int(raw) <= high else None
-
-
-def parse_page(args):
-    """?after=&limit= of GET /purchases: (after or None, limit), or a Problem. `after` is the
-    last purchase id of the previous page: the next page holds older purchases."""
-    errors = []
-    after = page_number(args.get("after"), 1, MAX_BIGINT)
-    if "after" in args and after is None:
-        errors.append({"field": "after", "message": f"must be a purchase id from 1 to {MAX_BIGINT}"})
-    limit = page_number(args.get("limit", str(PAGE_DEFAULT)), 1, PAGE_MAX)
-    if limit is None:
-        errors.append({"field": "limit", "message": f"must be a whole number from 1 to {PAGE_MAX}"})
-    for field in sorted(set(args) - {"after", "limit"}):
-        errors.append({"field": field, "message": "is not a known parameter"})
+def parse_page(args, after_max, default_limit, max_limit):
+    """?after=&limit=: (after, limit), `after` 0 when not given, or a Problem naming each bad
+    parameter. `after` is the last id of the previous page."""
+    errors, values = [], {}
+    for name, low, high, default in (("after", 0, after_max, 0), ("limit", 1, max_limit, default_limit)):
+        given = args.getlist(name)
+        values[name] = default
+        if len(given) > 1:
+            errors.append({"field": name, "message": "is given more than once"})
+        elif given and DIGITS.fullmatch(given[0]) and low <= int(given[0]) <= high:
+            values[name] = int(given[0])
+        elif given:
+            errors.append({"field": name, "message": f"must be a whole number from {low} to {high}"})
+    for name in sorted(args.keys() - {"after", "limit"}):
+        errors.append({"field": name, "message": "is not a known parameter"})
     if errors:
         fields = ", ".join(error["field"] for error in errors)
         raise Problem(422, "invalid_request", "Invalid request", f"Invalid parameters: {fields}.",
                       errors=errors)
-    return after, limit
+    return values["after"], values["limit"]
 
 
 def purchase_json(row):
     return {"purchase_id": row["id"], "item_id": row["item_id"], "user_id": row["user_id"],
             "quantity": row["quantity"], "created_at": row["created_at"].isoformat()}
+
+
+def with_iso_times(item):
+    for field in ("sale_starts_at", "sale_ends_at"):
+        if item[field] is not None:
+            item[field] = item[field].isoformat()
+    return item
 
 
 class FlashSale(Flask):
@@ -221,6 +231,7 @@ def create_app(settings=None):
     app = FlashSale(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     cli.init_app(app)  # flask --app app db ..., sale ...
+    observe.install(app, settings, db.pop_pool_stats)
 
     @app.post("/buy_ticket")
     def buy_ticket():
@@ -230,8 +241,10 @@ def create_app(settings=None):
         try:
             row = db.buy_ticket(item_id, user_id, quantity, key)
         except db.Unavailable:
+            metrics.purchase("unavailable", item_id, quantity)
             raise overloaded() from None
         outcome = row["outcome"]
+        metrics.purchase(outcome, item_id, quantity)
         if outcome in REFUSALS:
             status, title, detail = REFUSALS[outcome]
             detail = detail.format(item_id=item_id, user_id=user_id, quantity=quantity)
@@ -254,10 +267,42 @@ def create_app(settings=None):
             raise overloaded("The item could not be read in time. Retry later.") from None
         if item is None:
             raise Problem(404, "item_not_found", "Item not found", f"There is no item {item_id}.")
-        for field in ("sale_starts_at", "sale_ends_at"):
-            if item[field] is not None:
-                item[field] = item[field].isoformat()
-        return json_response(item)
+        return json_response(with_iso_times(item))
+
+    @app.get("/items")
+    def list_items():
+        after, limit = parse_page(request.args, MAX_INT, PAGE_SIZE, MAX_PAGE_SIZE)
+        try:
+            rows = db.list_items(after, limit + 1)  # one more tells whether a next page exists
+        except db.Unavailable:
+            raise overloaded("The items could not be read in time. Retry later.") from None
+        items = [with_iso_times(row) for row in rows[:limit]]
+        next_after = items[-1]["id"] if len(rows) > limit else None
+        return json_response({
+            "items": items,
+            "next_after": next_after,
+            "next": None if next_after is None else f"/items?after={next_after}&limit={limit}",
+        })
+
+    @app.get("/status")
+    def status_page():
+        try:
+            items, error = [with_iso_times(row) for row in db.list_items(0, STATUS_PAGE_ITEMS)], None
+        except db.Unavailable:
+            items, error = [], "The database did not answer in time; retrying."
+        return render_template("status.html", items=items, error=error)
+
+    @app.get("/metrics")
+    def metrics_page():
+        """Prometheus' text format, for METRICS_ALLOW only; to anyone else there is no such page."""
+        # Over a unix socket the peer has no address; only this host's processes reach it, and the
+        # nginx in front (deploy/) puts the client's own address in X-Real-IP, overwriting any.
+        client = request.remote_addr or request.headers.get("X-Real-IP")
+        if not metrics.enabled() or not metrics.allowed(client, settings.metrics_allow):
+            abort(404)
+        metrics.pool(db.pop_pool_stats())
+        body, content_type = metrics.exposition()
+        return Response(body, 200, content_type=content_type)
 
     @app.get("/healthz")
     def healthz():
@@ -273,9 +318,9 @@ def create_app(settings=None):
     @app.get("/purchases")
     def list_purchases():
         buyer = verified_buyer()
-        after, limit = parse_page(request.args)
+        after, limit = parse_page(request.args, MAX_BIGINT, PURCHASES_PAGE_SIZE, MAX_PURCHASES_PAGE_SIZE)
         try:
-            rows = db.buyer_purchases(buyer, after, limit + 1)  # one more: is there a next page?
+            rows = db.buyer_purchases(buyer, after or None, limit + 1)  # one more: is there a next page?
         except db.Unavailable:
             raise overloaded("The purchases could not be read in time. Retry later.") from None
         page = [purchase_json(row) for row in rows[:limit]]
@@ -322,7 +367,7 @@ def create_app(settings=None):
 
     @app.errorhandler(Exception)
     def handle_unexpected(error):
-        app.logger.exception("unexpected error")
+        observe.log_unexpected(request.environ)
         return problem_response(Problem(500, "internal_error", "Internal error",
                                         "The server failed to answer; nothing is known to be sold."))
 

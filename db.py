@@ -12,6 +12,7 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+import metrics
 import settings as configuration
 
 QUERIES = Path(__file__).parent / "queries"
@@ -121,6 +122,7 @@ def _run(name, params):
     budget is spent."""
     global _unreachable_until
     if time.monotonic() < _unreachable_until:
+        metrics.unavailable("database_unreachable")
         raise Unavailable("the database was unreachable a moment ago")
     pool = open_pool()
     deadline = time.monotonic() + _settings.retry_budget
@@ -131,13 +133,17 @@ def _run(name, params):
                 return _transaction(conn, attempt, deadline - time.monotonic(), name, params)
         except PoolTimeout as exc:
             _unreachable_until = time.monotonic() + UNREACHABLE_HOLD_SECONDS
+            metrics.unavailable("pool_timeout")
             raise Unavailable(str(exc)) from exc
         except errors.QueryCanceled as exc:
+            metrics.unavailable("statement_timeout")
             raise Unavailable(str(exc)) from exc
         except TRANSIENT as exc:
             pause = random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_FIRST_SECONDS * 2**attempt))
             if time.monotonic() + pause >= deadline:
+                metrics.unavailable("retries_exhausted")
                 raise Unavailable(str(exc)) from exc
+            metrics.db_retry(exc)
             time.sleep(pause)
 
 
@@ -154,6 +160,7 @@ def buy_ticket(item_id, user_id, quantity, idempotency_key=None):
     connection lost mid-COMMIT finds the purchase instead of selling twice. A request with
     one always asks the database, which may hold the purchase to replay."""
     if idempotency_key is None and _sold_out_until.get(item_id, 0) > time.monotonic():
+        metrics.sold_out_cache_hit()
         return {"outcome": "sold_out", "remaining": 0}
     params = {
         "item_id": item_id,
@@ -182,6 +189,14 @@ def buyer_purchase(user_id, purchase_id):
     """The purchase if it is the buyer's, else None."""
     rows = _run("buyer_purchase", {"user_id": user_id, "purchase_id": purchase_id})
     return rows[0] if rows else None
+def list_items(after, limit):
+    """Rows of list_items.sql: up to `limit` items with ids above `after`, each with its state."""
+    return _run("list_items", {"after": after, "limit": limit})
+
+
+def pop_pool_stats():
+    """psycopg_pool's figures, its counters since the last call; None before the pool opens."""
+    return _pool.pop_stats() if _pool is not None else None
 
 
 def ping(timeout=READY_TIMEOUT_SECONDS):

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import auth  # noqa: E402
 import db  # noqa: E402
 import schema  # noqa: E402
+import metrics  # noqa: E402
 import settings as configuration  # noqa: E402
 
 settings = configuration.load_or_exit()
@@ -25,16 +26,22 @@ control_socket_disable = True
 
 
 def on_starting(server):
-    """Refuse to serve a database whose schema is older than the code, in one line naming the
-    command that upgrades it. A database that cannot be reached does not stop the service: the
-    workers' pools keep trying, and the schema is checked at the next start."""
+    """Before any worker starts: refuse a database whose schema is older than the code, in one
+    line naming the command that upgrades it (a database that cannot be reached does not stop the
+    service: the workers' pools keep trying); then make and empty the metrics directory, whose
+    path the workers inherit in PROMETHEUS_MULTIPROC_DIR."""
     try:
         outdated = schema.check(settings.database_url)
     except db.psycopg.Error as exc:
         server.log.warning("could not check the database schema: %s", str(exc).strip().splitlines()[0])
-        return
+        outdated = None
     if outdated:
         sys.exit(outdated)
+    if settings.metrics:
+        try:
+            metrics.prepare_directory(settings.metrics_dir)
+        except OSError as exc:
+            sys.exit(f"Invalid configuration: PROMETHEUS_MULTIPROC_DIR {settings.metrics_dir!r}: {exc.strerror}")
 
 
 def when_ready(server):
@@ -52,6 +59,16 @@ def when_ready(server):
         server.log.warning(
             "WEB_CONCURRENCY x (DB_POOL_SIZE + DB_MAX_OVERFLOW) = %d connections, more than the %d "
             "the database allows (max_connections less the reserved ones)", wanted, available)
+
+
+def child_exit(server, worker):
+    if settings.metrics:
+        metrics.mark_dead(worker.pid)
+
+
+def on_exit(server):
+    if settings.metrics:
+        metrics.remove_directory(settings.metrics_dir)
 
 
 def post_fork(server, worker):

@@ -4,9 +4,11 @@ Variables set in the environment win over `.env`. `FLASK_SKIP_DOTENV=1` (Flask's
 leaves `.env` unread: the tests set it, so that a developer's `.env` cannot change what they test.
 Run `python settings.py` to check the configuration: it prints one line and exits 2 if it is bad.
 """
+import ipaddress
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -44,6 +46,12 @@ class Settings:
     auth_jwt_audience: str | None
     auth_jwt_issuer: str | None
     auth_jwt_leeway: float
+    # Observability: metrics, request logs (docs/observe.md)
+    metrics: bool
+    metrics_allow: tuple  # ipaddress networks that may read /metrics
+    metrics_dir: str  # prometheus_client's multiprocess directory under gunicorn
+    access_log: bool
+    log_format: str  # "text" or "json"
 
 
 def environment():
@@ -64,6 +72,33 @@ def number(environ, name, default, kind, minimum):
     if not (value >= minimum and math.isfinite(value)):  # also refuses nan and inf
         raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
     return value
+
+
+def flag(environ, name, default):
+    """The variable `name` as a switch: 1/true/yes/on or 0/false/no/off."""
+    raw = (environ.get(name) or "").strip().lower() or default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (on or off), got {environ.get(name)!r}")
+
+
+def networks(environ, name, default):
+    """The variable `name` as a comma-separated list of IP addresses and networks (CIDR)."""
+    raw = (environ.get(name) or "").strip() or default
+    try:
+        return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"{name} must be a comma-separated list of IP addresses or networks "
+                          f"(CIDR), got {raw!r}") from None
+
+
+def one_of(environ, name, default, choices):
+    raw = (environ.get(name) or "").strip().lower() or default
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {environ.get(name)!r}")
+    return raw
 
 
 def base_url(raw):
@@ -105,6 +140,14 @@ def from_environ(environ):
         # nginx in front (deploy/nginx.py)
         nginx_rate_limit=number(environ, "NGINX_RATE_LIMIT", 0, int, 0),
         **auth_settings(environ),
+        # Observability. The default metrics directory is one per gunicorn master (whose process
+        # reads the settings), so that servers running side by side never mix their figures.
+        metrics=flag(environ, "METRICS", "1"),
+        metrics_allow=networks(environ, "METRICS_ALLOW", "127.0.0.0/8,::1"),
+        metrics_dir=((environ.get("PROMETHEUS_MULTIPROC_DIR") or "").strip()
+                     or os.path.join(tempfile.gettempdir(), f"flashsale-metrics-{os.getpid()}")),
+        access_log=flag(environ, "ACCESS_LOG", "0"),
+        log_format=one_of(environ, "LOG_FORMAT", "text", ("text", "json")),
     )
 
 

@@ -121,6 +121,16 @@ def behind_nginx(workers, app="app:app", **env):
 FEATURES["nginx"] = (gunicorn, behind_nginx)
 
 
+def configured(**env):
+    """A server factory: gunicorn with these settings."""
+    return lambda workers: gunicorn(workers, **env)
+
+
+# Metrics (docs/observe.md): on against both off, then with the access log too.
+FEATURES["metrics"] = (configured(METRICS="0", ACCESS_LOG="0"), configured(METRICS="1", ACCESS_LOG="0"))
+FEATURES["metrics+access log"] = (configured(METRICS="0", ACCESS_LOG="0"), configured(METRICS="1", ACCESS_LOG="1"))
+
+
 def wrk(url, seconds, connections, items=1, limit=None, extra=()):
     """Run wrk with buy.lua; return its RESULT line as a dict.
 

@@ -9,10 +9,16 @@ import subprocess
 import sys
 import threading
 import time
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import jwt
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 import db
 
@@ -319,3 +325,61 @@ def mint(sub="alice", secret=TOKEN_SECRET, algorithm="HS256", lifetime=300, head
 
 def bearer(token):
     return {"Authorization": f"Bearer {token}"}
+def burst(server, count, threads=20, item_id=1, prefix="buyer"):
+    """`count` purchases of one unit each, a distinct user each, from `threads` threads;
+    answers counted by (status, code), a 201 counted as (201, "created")."""
+    def one(n):
+        answer = server.buy(item_id=item_id, user_id=f"{prefix}-{n}")
+        return answer.status_code, answer.json().get("code", "created")
+
+    with ThreadPoolExecutor(threads) as pool:
+        return Counter(pool.map(one, range(count)))
+
+
+def scrape(url):
+    """GET /metrics, parsed: {(name, ((label, value), ...)): value} for every sample."""
+    answer = requests.get(f"{url}/metrics", timeout=10)
+    assert answer.status_code == 200, answer.text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(answer.text) for sample in family.samples}
+
+
+def sample(samples, name, **labels):
+    """One sample's value from scrape(), 0 when absent (a counter nothing has counted yet)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+
+def set_sale(conn, item_id, remaining=None, starts_in=None, ends_in=None):
+    """Change an item's remaining stock and sale window (in seconds from now; None: unchanged)."""
+    conn.execute(db.query("set_sale", db.TEST_QUERIES), {
+        "item_id": item_id, "remaining": remaining, "starts_in": starts_in, "ends_in": ends_in})
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# What headless Chromium needs as root on a machine without a display or a network.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=420,900"]
+
+
+def open_browser(profile):
+    """Debian's Chromium through Debian's chromedriver, with a fresh profile folder."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+def wait_for(condition, seconds=15, every=0.1):
+    """True once `condition()` is true; False after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return condition()

@@ -260,3 +260,13 @@ def test_serve_runs_gunicorn_behind_nginx_and_ctrl_c_stops_both(reset):
     with pytest.raises(ProcessLookupError):  # gunicorn is gone
         os.killpg(serving.pid, 0)
     assert not nginx.accepts(url.removeprefix("http://")) and not folder.exists()  # and so is nginx
+
+
+def test_metrics_are_served_through_nginx_to_loopback(start_proxied, reset):
+    """gunicorn on a unix socket sees no client address: the one nginx passes on decides."""
+    reset(stock=10)
+    proxy = start_proxied()
+    assert requests.post(f"{proxy.url}/buy_ticket", json={"item_id": 1, "user_id": "alice"}, timeout=10).status_code == 201
+    scrape = requests.get(f"{proxy.url}/metrics", timeout=10)
+    assert scrape.status_code == 200
+    assert 'flashsale_purchases_total{outcome="sold"} 1.0' in scrape.text

@@ -1,0 +1,197 @@
+"""Prometheus metrics: the instruments, their updates, and what a scrape of /metrics answers.
+
+Under gunicorn each worker writes its figures to files of its own in PROMETHEUS_MULTIPROC_DIR
+(prometheus_client's multiprocess mode), and a scrape, served by whichever worker, adds up the
+files of all of them. prometheus_client chooses that mode when it is first imported, from the
+environment, so it is imported here only by start(): the master sets the variable
+(prepare_directory) before it forks the workers, which start() their instruments after the fork.
+Without the variable (Flask's test client, `flask run`) the figures are the process's own.
+
+Until start() runs, and when metrics are off, every update is a no-op.
+"""
+import glob
+import ipaddress
+import os
+import time
+
+PURCHASE_OUTCOMES = ("sold", "replayed", "idempotency_key_reused", "item_not_found", "sale_not_started",
+                     "sale_ended", "sold_out", "limit_reached", "unavailable")
+# Retry reasons by the name of the exception's class or of a base class (db.TRANSIENT).
+RETRY_REASONS = {"SerializationFailure": "serialization_failure", "DeadlockDetected": "deadlock",
+                 "UniqueViolation": "unique_violation", "OperationalError": "connection_lost"}
+POOL_STATS_SECONDS = 1.0  # how often a worker copies its pool's figures to the metrics
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+_on = None  # the instruments once start() ran with metrics on
+
+
+class Instruments:
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # the *_created series say when a worker started: noise here
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.purchases = Counter("flashsale_purchases", "Purchase attempts answered, by outcome of "
+                                 "buy_ticket.sql (sold_out includes the fast path's)", ["outcome"],
+                                 registry=registry)
+        self.units_sold = Counter("flashsale_units_sold", "Units sold", ["item_id"], registry=registry)
+        self.requests = Counter("flashsale_http_requests", "HTTP requests answered by the app",
+                                ["route", "status"], registry=registry)
+        self.duration = Histogram("flashsale_request_duration_seconds", "Time the app took to answer",
+                                  ["route"], buckets=DURATION_BUCKETS, registry=registry)
+        self.retries = Counter("flashsale_db_retries", "Transactions run again after a transient failure",
+                               ["reason"], registry=registry)
+        self.unavailable = Counter("flashsale_unavailable", "Requests answered 503: no database answer "
+                                   "within the budget", ["reason"], registry=registry)
+        self.cache_hits = Counter("flashsale_sold_out_cache_hits", "sold_out answered from the "
+                                  "worker's memory, without the database", registry=registry)
+        # The pools' figures, added up over the live workers (a dead worker's pool is gone).
+        self.pool_connections = Gauge("flashsale_pool_connections", "Connections open in the pools",
+                                      multiprocess_mode="livesum", registry=registry)
+        self.pool_idle = Gauge("flashsale_pool_connections_idle", "Connections idle in the pools",
+                               multiprocess_mode="livesum", registry=registry)
+        self.pool_waiting = Gauge("flashsale_pool_requests_waiting", "Requests waiting for a connection",
+                                  multiprocess_mode="livesum", registry=registry)
+        self.pool_requests = Counter("flashsale_pool_requests", "Connections asked of the pools",
+                                     registry=registry)
+        self.pool_wait = Counter("flashsale_pool_wait_seconds", "Time spent waiting for a connection",
+                                 registry=registry)
+        self.pool_timeouts = Counter("flashsale_pool_timeouts", "Requests for a connection that timed out",
+                                     registry=registry)
+        self.pool_lost = Counter("flashsale_pool_connections_lost", "Connections found broken or lost",
+                                 registry=registry)
+        # Labelled children looked up once: labels() takes a lock and validates on every call.
+        self.request_children = {}
+        self.purchase_children = {outcome: self.purchases.labels(outcome) for outcome in PURCHASE_OUTCOMES}
+        self.units_children = {}
+        self.pool_stats_due = 0.0
+
+
+def start(enabled):
+    """Create this process's instruments (once), or turn updates off."""
+    global _on
+    if not enabled:
+        _on = None
+    elif _on is None:
+        _on = Instruments()
+
+
+def enabled():
+    return _on is not None
+
+
+def request(route, status, seconds):
+    """One answer of the app: its route (the URL rule, bounded in number) and status."""
+    if _on is None:
+        return
+    children = _on.request_children.get((route, status))
+    if children is None:
+        children = _on.request_children[(route, status)] = (
+            _on.requests.labels(route, str(status)), _on.duration.labels(route))
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+def purchase(outcome, item_id, quantity):
+    if _on is None:
+        return
+    child = _on.purchase_children.get(outcome)
+    (child if child is not None else _on.purchases.labels(outcome)).inc()
+    if outcome == "sold":
+        units = _on.units_children.get(item_id)
+        if units is None:
+            units = _on.units_children[item_id] = _on.units_sold.labels(str(item_id))
+        units.inc(quantity)
+
+
+def sold_out_cache_hit():
+    if _on is not None:
+        _on.cache_hits.inc()
+
+
+def db_retry(exc):
+    if _on is not None:
+        names = (cls.__name__ for cls in type(exc).__mro__)
+        _on.retries.labels(next((RETRY_REASONS[n] for n in names if n in RETRY_REASONS), "other")).inc()
+
+
+def unavailable(reason):
+    """A 503: "pool_timeout", "statement_timeout", "database_unreachable" or "retries_exhausted"."""
+    if _on is not None:
+        _on.unavailable.labels(reason).inc()
+
+
+def pool_stats_due():
+    """True about once a second: time to copy the pool's figures (cheap to ask per request)."""
+    if _on is None or time.monotonic() < _on.pool_stats_due:
+        return False
+    _on.pool_stats_due = time.monotonic() + POOL_STATS_SECONDS
+    return True
+
+
+def pool(stats):
+    """Record psycopg_pool's pop_stats(): its gauges as they are, its counters since the last call."""
+    if _on is None or not stats:
+        return
+    _on.pool_connections.set(stats.get("pool_size", 0))
+    _on.pool_idle.set(stats.get("pool_available", 0))
+    _on.pool_waiting.set(stats.get("requests_waiting", 0))
+    _on.pool_requests.inc(stats.get("requests_num", 0))
+    _on.pool_wait.inc(stats.get("requests_wait_ms", 0) / 1000)
+    _on.pool_timeouts.inc(stats.get("requests_errors", 0))
+    _on.pool_lost.inc(stats.get("connections_lost", 0))
+
+
+def allowed(address, networks):
+    """True when the client's address is in one of `networks`; no address is refused."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+def exposition():
+    """(body, content type) of a scrape: every worker's figures under gunicorn, else this process's."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = _on.registry
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# The gunicorn master's part.
+
+def prepare_directory(path):
+    """Make the metrics directory, empty of an earlier run's files, and have the workers use it."""
+    os.makedirs(path, exist_ok=True)
+    remove_files(path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+def mark_dead(pid):
+    """Drop a dead worker's live gauges; its counters stay in the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
+
+
+def remove_directory(path):
+    """At the master's exit: this run's files, and the directory if nothing else is in it."""
+    remove_files(path)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def remove_files(path):
+    """Only the files prometheus_client writes: the directory may be shared with others."""
+    for name in glob.glob(os.path.join(path, "*.db")):
+        os.remove(name)
