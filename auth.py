@@ -3,15 +3,12 @@ with PyJWT. A leaf module: it imports nothing of this project, app.py hands it t
 
 Without AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY the service runs in open mode: the buyer is
 whatever the request body says, as before tokens existed."""
-import binascii
 import math
 import re
 import time
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from jwt.algorithms import HMACAlgorithm
-from jwt.utils import base64url_decode, base64url_encode
 
 REALM = "flashsale"
 MAX_TOKEN_LENGTH = 4096  # far above a real token; refused before any parsing
@@ -71,45 +68,6 @@ def claims_well_typed(claims):
             and (isinstance(aud, str) or (type(aud) is list and all(isinstance(one, str) and one for one in aud))))
 
 
-# PyJWT, without the work it repeats on every token that is already done here once. Measured on
-# the sold-out path (bench "verified tokens", docs/auth.md), jwt.decode cost 28 us a token: a
-# third re-checking the HMAC secret, a quarter scanning each segment's alphabet byte by byte in
-# Python. Signature, algorithm allow-list and claims stay PyJWT's own.
-
-class PreparedHMAC(HMACAlgorithm):
-    """HMAC whose secret was checked once, at start-up (settings.py), not again for each token."""
-
-    def prepare_key(self, key):
-        return key
-
-
-class CheckedJWS(jwt.PyJWS):
-    """PyJWS for tokens that COMPACT_JWS has matched: every segment is unpadded base64url
-    already, so what remains of PyJWT's segment check is that the encoding is canonical."""
-
-    @staticmethod
-    def _decode_base64url_segment(segment, name):
-        try:
-            decoded = base64url_decode(segment)
-        except binascii.Error:
-            raise jwt.DecodeError(f"Invalid {name} padding") from None
-        if base64url_encode(decoded) != segment:
-            raise jwt.DecodeError(f"Invalid {name} padding")
-        return decoded
-
-
-def decoder(algorithms):
-    """A PyJWT that accepts only `algorithms` and requires exp and sub."""
-    signatures = CheckedJWS(algorithms=algorithms)
-    for name in algorithms:
-        if name.startswith("HS"):
-            signatures.unregister_algorithm(name)
-            signatures.register_algorithm(name, PreparedHMAC(jwt.get_algorithm_by_name(name).hash_alg))
-    tokens = jwt.PyJWT(options={"require": ["exp", "sub"]})
-    tokens._jws = signatures  # PyJWT has no argument for its PyJWS (pinned: PyJWT 2.15.1)
-    return tokens
-
-
 class Verifier:
     """Checks bearer tokens against the configured key, algorithms, audience and issuer.
 
@@ -123,7 +81,7 @@ class Verifier:
         self.key = (settings.auth_jwt_secret.encode() if settings.auth_jwt_secret
                     else load_pem_public_key(settings.auth_jwt_public_key.encode()))
         self.algorithms = list(settings.auth_jwt_algorithms)
-        self.decoder = decoder(self.algorithms)
+        self.decoder = jwt.PyJWT(options={"require": ["exp", "sub"]})
         self.audience, self.issuer = settings.auth_jwt_audience, settings.auth_jwt_issuer
         self.leeway = settings.auth_jwt_leeway
         self.valid_subject = valid_subject

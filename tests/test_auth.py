@@ -221,7 +221,7 @@ def test_purchases_need_a_valid_token(verified_client):
                         "invalid_token")
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "after=0", "after=-1", "after=1.5",
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "after=-1", "after=1.5",
                                    f"after={2**63}", "limit=²", "page=2"])
 def test_bad_paging_is_422(verified_client, query):
     assert_problem(verified_client.get(f"/purchases?{query}", headers=bearer(mint())), 422, "invalid_request")
