@@ -65,6 +65,20 @@ def overloaded(detail="The purchase could not be completed in time; nothing was 
     return Problem(503, "overloaded", "Service overloaded", detail)
 
 
+def purchase_unavailable(unavailable, key):
+    """The 503 for a purchase the database did not complete in time. When a COMMIT was cut off,
+    the purchase may have been made: only its idempotency key can tell, so say so."""
+    if not unavailable.outcome_unknown:
+        return overloaded()
+    if key is not None:
+        return overloaded("The database stopped answering while the purchase was committed, so it may "
+                          "or may not have been made. Retry with the same Idempotency-Key: that "
+                          "returns the purchase if it was made, and makes it once if not.")
+    return overloaded("The database stopped answering while the purchase was committed, so it may or "
+                      "may not have been made. A retry without an Idempotency-Key could buy twice: "
+                      "send purchases with an Idempotency-Key, and retry with the same one.")
+
+
 def reject_duplicate_keys(pairs):
     body = dict(pairs)
     if len(body) != len(pairs):
@@ -182,8 +196,8 @@ def create_app(settings=None):
         item_id, user_id, quantity, key = parse_purchase(request.environ)
         try:
             row = db.buy_ticket(item_id, user_id, quantity, key)
-        except db.Unavailable:
-            raise overloaded() from None
+        except db.Unavailable as exc:
+            raise purchase_unavailable(exc, key) from None
         outcome = row["outcome"]
         if outcome in REFUSALS:
             status, title, detail = REFUSALS[outcome]

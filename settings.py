@@ -35,6 +35,8 @@ class Settings:
     sold_out_cache: float
     total_requests: int
     concurrent_processes: int
+    # Client-side deadline on every database wait (docs/deadline.md).
+    client_deadline: bool
 
 
 def environment():
@@ -55,6 +57,18 @@ def number(environ, name, default, kind, minimum):
     if not (value >= minimum and math.isfinite(value)):  # also refuses nan and inf
         raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
     return value
+
+
+def switch(environ, name, default):
+    """The variable `name` as on (1, true, yes, on) or off (0, false, no, off)."""
+    raw = (environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, got {environ.get(name)!r}")
 
 
 def base_url(raw):
@@ -93,6 +107,8 @@ def from_environ(environ):
         sold_out_cache=number(environ, "SOLD_OUT_CACHE_SECONDS", 0.5, float, 0.0),
         total_requests=number(environ, "TOTAL_REQUESTS", 1000, int, 1),
         concurrent_processes=number(environ, "CONCURRENT_PROCESSES", 50, int, 1),
+        # Client-side deadline on every database wait (docs/deadline.md).
+        client_deadline=switch(environ, "DB_CLIENT_DEADLINE", True),
     )
 
 

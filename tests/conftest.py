@@ -30,6 +30,7 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 import app as service  # noqa: E402
 import db  # noqa: E402
 import reset_db  # noqa: E402
+import support  # noqa: E402
 from local_server import LocalServer  # noqa: E402
 
 
@@ -73,6 +74,13 @@ def start_server():
     yield start
     for running in started:
         running.stop()
+
+
+@pytest.fixture
+def stoppable_database():
+    """Tests that stop the database's processes run only on the private PostgreSQL of scripts/pg.sh."""
+    if not support.private_database():
+        pytest.skip("DATABASE_URL is not the private PostgreSQL of scripts/pg.sh")
 
 
 def pytest_terminal_summary(terminalreporter):
