@@ -98,6 +98,15 @@ case "${1:-}" in
         postmaster=$(sed -n 1p "$DATA/postmaster.pid")
         kill -"$2" "$postmaster"
         pkill -"$2" -P "$postmaster" || true  # no children left is not an error
+        if [ "$2" = CONT ]; then  # make sure that none stays stopped
+            for _ in 1 2 3 4 5 6 7 8 9 10; do
+                ps -o stat= -p "$postmaster" --ppid "$postmaster" | grep -q '^T' || break
+                sleep 0.1
+                kill -CONT "$postmaster"
+                pkill -CONT -P "$postmaster" || true
+            done
+            ! ps -o stat= -p "$postmaster" --ppid "$postmaster" | grep -q '^T' || die "PostgreSQL is still stopped"
+        fi
         echo "PostgreSQL sent SIG$2" ;;
     private-url) start; url ;;
     data-dir) echo "$DATA" ;;

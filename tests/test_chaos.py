@@ -44,12 +44,10 @@ def test_database_restarts_lose_nothing(conn):
     assert result["recovery s"] < 5.0
 
 
-def test_a_frozen_database_is_answered_503_and_loses_nothing():
+def test_a_frozen_database_is_answered_503_and_loses_nothing(stoppable_database):
     """The database stops answering with its sockets open for three times the budget: every
     request ends at its deadline with a 503 (none waits on until the client gives up), no
     worker is killed, and sales resume after the thaw."""
-    if not chaos.private_database(chaos.parse_options([])):
-        pytest.skip("DATABASE_URL is not the private PostgreSQL that freeze-db stops")
     result, failures = short_run("freeze-db", "--freeze", "3", "--budget", "1")
     assert_kept_every_promise(result, failures)
     assert result["faults"] == 1
