@@ -77,6 +77,20 @@ def overloaded(detail="The purchase could not be completed in time; nothing was 
     return Problem(503, "overloaded", "Service overloaded", detail)
 
 
+def purchase_unavailable(unavailable, key):
+    """The 503 for a purchase the database did not complete in time. When a COMMIT was cut off,
+    the purchase may have been made: only its idempotency key can tell, so say so."""
+    if not unavailable.outcome_unknown:
+        return overloaded()
+    if key is not None:
+        return overloaded("The database stopped answering while the purchase was committed, so it may "
+                          "or may not have been made. Retry with the same Idempotency-Key: that "
+                          "returns the purchase if it was made, and makes it once if not.")
+    return overloaded("The database stopped answering while the purchase was committed, so it may or "
+                      "may not have been made. A retry without an Idempotency-Key could buy twice: "
+                      "send purchases with an Idempotency-Key, and retry with the same one.")
+
+
 def reject_duplicate_keys(pairs):
     body = dict(pairs)
     if len(body) != len(pairs):
@@ -240,9 +254,9 @@ def create_app(settings=None):
         item_id, user_id, quantity, key = parse_purchase(request.environ, buyer)
         try:
             row = db.buy_ticket(item_id, user_id, quantity, key)
-        except db.Unavailable:
+        except db.Unavailable as exc:
             metrics.purchase("unavailable", item_id, quantity)
-            raise overloaded() from None
+            raise purchase_unavailable(exc, key) from None
         outcome = row["outcome"]
         metrics.purchase(outcome, item_id, quantity)
         if outcome in REFUSALS:

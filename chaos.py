@@ -3,7 +3,9 @@ proof's database check, and the figures: answers, faults, lost and double sales,
 
 Modes: kill-worker (SIGKILL gunicorn workers), restart-db (private PostgreSQL restarted with
 -m fast, then -m immediate), kill-connections (pg_terminate_backend on the service's connections),
-lock-hog (another session holds the item's row lock longer than the retry budget).
+lock-hog (another session holds the item's row lock longer than the retry budget), freeze-db
+(every process of the private PostgreSQL stopped with SIGSTOP, longer than the retry budget, then
+continued: a database that stops answering with its sockets open).
 """
 import argparse
 import os
@@ -14,60 +16,90 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
+
 import db
 import proof_of_correctness as proof
 import reset_db
 from local_server import ROOT, LocalServer
 
 RETRY_BUDGET_SECONDS = 1.0
-MODES = ["kill-worker", "restart-db", "kill-connections", "lock-hog"]
+# freeze-db: the retry budget and the freeze of issue 12 (a freeze over three times the budget).
+FREEZE_BUDGET_SECONDS = 3.0
+FREEZE_SECONDS = 10.0
+MODES = ["kill-worker", "restart-db", "kill-connections", "lock-hog", "freeze-db"]
+PRIVATE_DATABASE_MODES = {"restart-db", "freeze-db"}
+# What gunicorn's master logs when a worker overran its timeout and was killed.
+WORKER_TIMEOUT_LINE = "WORKER TIMEOUT"
 
 
-def kill_worker(server, pause):
+def kill_worker(server, options):
     """SIGKILL a random worker three times; gunicorn starts new ones."""
     for _ in range(3):
-        time.sleep(pause)
+        time.sleep(options.pause)
         os.kill(random.choice(server.worker_pids()), signal.SIGKILL)
     return 3
 
 
-def restart_db(server, pause):
+def restart_db(server, options):
     """Restart the private PostgreSQL twice, each time down for a second: cleanly, then as a crash."""
     for mode in ["fast", "immediate"]:
-        time.sleep(pause)
+        time.sleep(options.pause)
         subprocess.run([ROOT / "scripts" / "pg.sh", "restart", mode, "1"], check=True, capture_output=True)
     return 2
 
 
-def kill_connections(server, pause):
+def kill_connections(server, options):
     """Terminate every connection of the service three times."""
     for _ in range(3):
-        time.sleep(pause)
+        time.sleep(options.pause)
         with db.connect() as conn:
             conn.execute(db.query("terminate_connections", db.TEST_QUERIES), {"application_name": db.APPLICATION_NAME})
     return 3
 
 
-def lock_hog(server, pause):
+def lock_hog(server, options):
     """Hold the item's row lock for twice the retry budget, once."""
-    time.sleep(pause)
+    time.sleep(options.pause)
     with db.connect() as conn, conn.transaction():
         conn.execute(db.query("lock_item", db.TEST_QUERIES), {"item_id": proof.ITEM_ID})
-        time.sleep(2 * RETRY_BUDGET_SECONDS)
+        time.sleep(2 * options.budget)
+    return 1
+
+
+@contextmanager
+def frozen_database():
+    """Every process of the private PostgreSQL stopped (SIGSTOP) for the block, then continued,
+    whatever happens in it: the server keeps its sockets open and answers nothing."""
+    pg = [ROOT / "scripts" / "pg.sh", "signal"]
+    subprocess.run([*pg, "STOP"], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*pg, "CONT"], check=True, capture_output=True)
+
+
+def freeze_db(server, options):
+    """Freeze the private PostgreSQL for options.freeze seconds, once."""
+    time.sleep(options.pause)
+    with frozen_database():
+        time.sleep(options.freeze)
     return 1
 
 
 FAULTS = {"kill-worker": kill_worker, "restart-db": restart_db,
-          "kill-connections": kill_connections, "lock-hog": lock_hog}
+          "kill-connections": kill_connections, "lock-hog": lock_hog, "freeze-db": freeze_db}
 
 
-def inject(mode, server, pause, report):
-    report["faults"] = FAULTS[mode](server, pause)
+def inject(mode, server, options, report):
+    report["faults"] = FAULTS[mode](server, options)
     report["faults_ended_at"] = time.time()
 
 
 def figures(mode, purchases, rows, failures, report):
-    """The closing figures of one mode, as a dict."""
+    """The closing figures of one mode, as a dict. The slowest answer is the slowest of any
+    attempt as its client saw it, waiting for a free worker included (a transport error counts
+    with the time the client waited), against the budget."""
     attempts = [(status, latency, at) for p in purchases
                 for (status, _), latency, at in zip(p.answers, p.latencies, p.answered_at)]
     statuses = Counter(status for status, _, _ in attempts)
@@ -81,8 +113,11 @@ def figures(mode, purchases, rows, failures, report):
         "409": sum(p.final[0] == 409 for p in purchases),
         "503": statuses[503],
         "503 max s": round(max((latency for status, latency, _ in attempts if status == 503), default=0), 2),
-        "500": statuses[500],
+        "slowest s": round(max((latency for _, latency, _ in attempts), default=0), 2),
+        "budget s": report["budget"],
+        "other 5xx": sum(count for status, count in statuses.items() if status and status >= 500 and status != 503),
         "transport errors": statuses[None],
+        "worker timeouts": report["worker_timeouts"],
         "lost": sum(rows_by_key[p.key] != 1 for p in purchases if p.acknowledged),
         "double sales": sum(count > 1 for count in rows_by_key.values())
         + sum(len(set(p.purchase_ids)) > 1 for p in purchases),
@@ -94,14 +129,19 @@ def figures(mode, purchases, rows, failures, report):
 def run_mode(mode, options):
     """One burst under one kind of fault; returns its figures and the proof's failures."""
     reset_db.reset(stock=options.stock, max_per_user=options.max_per_user, database_url=options.database_url)
-    report = {}
-    with LocalServer(WEB_CONCURRENCY=str(options.workers),
-                     DB_RETRY_BUDGET_SECONDS=str(RETRY_BUDGET_SECONDS)) as server:
+    options.budget = options.budget_seconds or (FREEZE_BUDGET_SECONDS if mode == "freeze-db" else RETRY_BUDGET_SECONDS)
+    # Buyers keep retrying through the fault: each attempt during it costs at least a second.
+    options.attempts = proof.RETRY_ATTEMPTS + (int(options.freeze) + 1 if mode == "freeze-db" else 0)
+    report = {"budget": options.budget}
+    with LocalServer(WEB_CONCURRENCY=str(options.workers), DB_RETRY_BUDGET_SECONDS=str(options.budget)) as server:
         options.url = server.url
-        faults = threading.Thread(target=inject, args=(mode, server, options.pause, report))
+        faults = threading.Thread(target=inject, args=(mode, server, options, report))
         faults.start()
-        purchases = proof.run_burst(options, proof.make_purchases(options))
-        faults.join()
+        try:
+            purchases = proof.run_burst(options, proof.make_purchases(options))
+        finally:
+            faults.join()  # a frozen database is continued before anything else
+        report["worker_timeouts"] = server.output().count(WORKER_TIMEOUT_LINE)
     item, rows = proof.database_state(options.database_url)
     failures = proof.verdict(options, purchases, item, rows)
     return figures(mode, purchases, rows, failures, report), failures
@@ -115,7 +155,15 @@ def parse_options(argv):
     parser.add_argument("--processes", type=int, default=50)
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds before each fault (default 0.5)")
+    parser.add_argument("--budget", type=float, help=f"DB_RETRY_BUDGET_SECONDS (default {RETRY_BUDGET_SECONDS:g}, "
+                                                     f"freeze-db {FREEZE_BUDGET_SECONDS:g})")
+    parser.add_argument("--freeze", type=float, default=FREEZE_SECONDS,
+                        help=f"seconds freeze-db keeps the database stopped (default {FREEZE_SECONDS:g})")
     options = parser.parse_args(argv)
+    if options.budget is not None and options.budget < 0.01:
+        parser.error("--budget must be at least 0.01")
+    if options.freeze < 0:
+        parser.error("--freeze must be at least 0")
     unknown = set(options.modes) - set(MODES) - {"all"}
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
@@ -123,11 +171,13 @@ def parse_options(argv):
                                          str(options.stock), "--processes", str(options.processes)])
     proof_options.modes = MODES if not options.modes or "all" in options.modes else options.modes
     proof_options.workers, proof_options.pause = options.workers, options.pause
+    proof_options.budget_seconds, proof_options.freeze = options.budget, options.freeze
     return proof_options
 
 
 def private_database(options):
-    """True when DATABASE_URL is the private PostgreSQL of scripts/pg.sh, which restart-db restarts."""
+    """True when DATABASE_URL is the private PostgreSQL of scripts/pg.sh, which restart-db restarts
+    and freeze-db stops."""
     private = subprocess.run([ROOT / "scripts" / "pg.sh", "private-url"], capture_output=True, text=True)
     return private.stdout.strip() == options.database_url
 
@@ -136,8 +186,8 @@ def main(argv=None):
     options = parse_options(argv)
     results = []
     for mode in options.modes:
-        if mode == "restart-db" and not private_database(options):
-            print("restart-db skipped: DATABASE_URL is not the private PostgreSQL of scripts/pg.sh")
+        if mode in PRIVATE_DATABASE_MODES and not private_database(options):
+            print(f"{mode} skipped: DATABASE_URL is not the private PostgreSQL of scripts/pg.sh")
             continue
         print(f"--- {mode}: {options.requests} purchases for {options.stock} units, with --retry")
         result, failures = run_mode(mode, options)

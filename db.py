@@ -4,6 +4,8 @@ import os
 import random
 import time
 import uuid
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 
@@ -21,6 +23,15 @@ APPLICATION_NAME = "flashsale"
 SCRIPT_CONNECT_TIMEOUT_SECONDS = 10
 READY_TIMEOUT_SECONDS = 1.0
 FIRST_CONNECTION_WAIT_SECONDS = 5
+# The pool's own connection attempts (in its background threads, never in a request) wait this
+# long for the server: long enough that an attempt in flight while the server is frozen completes
+# as soon as it thaws, short enough that the pool tries again within seconds.
+CONNECT_TIMEOUT_SECONDS = 10
+# A TCP peer that vanished (power lost, partition): an idle pooled connection is found dead after
+# about 5 + 3 x 1 s without an answer to keepalives, and data sent to it is given up on after 5 s,
+# instead of the kernel's minutes. Both are ignored on a unix socket.
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1, "keepalives_count": 3,
+             "tcp_user_timeout": 5000}
 # Full-jitter backoff between attempts: a pause drawn from [0, min(cap, first * 2**attempt)].
 BACKOFF_FIRST_SECONDS = 0.02
 BACKOFF_CAP_SECONDS = 1.0
@@ -37,7 +48,61 @@ TRANSIENT = (
 
 
 class Unavailable(Exception):
-    """The database could not answer within the request's retry budget."""
+    """The database could not answer within the request's retry budget. `outcome_unknown`: a
+    COMMIT was cut off and no later attempt found out whether it took effect."""
+
+    def __init__(self, message, outcome_unknown=False):
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+class DeadlinePassed(psycopg.OperationalError):
+    """The request's deadline passed while waiting on the database; the connection was closed."""
+
+
+class CommitCutOff(psycopg.OperationalError):
+    """The connection was lost while COMMIT was in flight: the transaction may have committed."""
+
+
+# time.monotonic() by which the request this thread serves must be done with the database, or
+# None: no deadline (the pool's background threads, scripts).
+_deadline = ContextVar("deadline", default=None)
+
+
+@contextmanager
+def waits_end_by(moment):
+    """Every wait on the database in this block ends by time.monotonic() `moment`, whatever the
+    server does (see DeadlineConnection)."""
+    token = _deadline.set(moment)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+class DeadlineConnection(psycopg.Connection):
+    """A connection on which no wait outlasts the deadline of the request being served.
+
+    statement_timeout is enforced by the server, so a server that stops answering (frozen,
+    partitioned, powered off, with the socket left open) would hold the worker forever. Every
+    wait of a psycopg connection on its socket (BEGIN, each statement, COMMIT, ROLLBACK, the
+    pool's check) goes through Connection.wait(), whose `timeout` psycopg itself uses to bound
+    its cancel wait; here it is the time left. When it runs out the connection is abandoned, as
+    psycopg does with one it cannot cancel: its state is unknown, so it is closed (no ROLLBACK is
+    attempted on a closed connection) and the pool replaces it."""
+
+    def wait(self, gen, interval=0.1, timeout=None):  # psycopg's default interval
+        deadline = _deadline.get()
+        if deadline is None:
+            return super().wait(gen, interval, timeout)
+        left = deadline - time.monotonic()
+        try:
+            return super().wait(gen, interval, left if timeout is None else min(timeout, left))
+        except errors._WaitTimeout:
+            if time.monotonic() < deadline:
+                raise  # a shorter timeout of the caller's own
+            self.pgconn.finish()
+            raise DeadlinePassed("no answer from the database before the request's deadline") from None
 
 
 @cache
@@ -83,7 +148,10 @@ def open_pool():
                 "application_name": APPLICATION_NAME,
                 "prepare_threshold": 0,  # prepare every statement at its first use
                 "options": f"-c statement_timeout={int(_settings.retry_budget * 1000)}",
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                **KEEPALIVE,
             },
+            connection_class=DeadlineConnection if _settings.client_deadline else psycopg.Connection,
             name=f"{APPLICATION_NAME}-{os.getpid()}",
             open=True,
         )
@@ -102,12 +170,22 @@ def _transaction(conn, attempt, seconds_left, name, params):
 
     The rows are made into dicts after COMMIT, which releases the row locks. Every connection
     starts with the whole budget as its statement_timeout; a retry, with less left, lowers it
-    for its own transaction."""
-    with conn.transaction():
-        if attempt > 0:
-            milliseconds = max(1, int(seconds_left * 1000))
-            conn.execute(query("set_statement_timeout"), {"milliseconds": milliseconds})
-        cursor = conn.execute(query(name), params)
+    for its own transaction. A connection lost during COMMIT raises CommitCutOff: the server
+    may have committed, and only the idempotency key can tell."""
+    committing = False
+    try:
+        with conn.transaction():
+            if attempt > 0:
+                milliseconds = max(1, int(seconds_left * 1000))
+                conn.execute(query("set_statement_timeout"), {"milliseconds": milliseconds})
+            cursor = conn.execute(query(name), params)
+            committing = True
+    except psycopg.OperationalError as exc:
+        # The server reports a rollback (serialization failure, deadlock) as such; any other
+        # failure during COMMIT leaves the outcome unknown.
+        if committing and not isinstance(exc, errors.TransactionRollback):
+            raise CommitCutOff(str(exc)) from exc
+        raise
     return cursor.fetchall()
 
 
@@ -119,32 +197,37 @@ _unreachable_until = 0.0
 
 def _run(name, params):
     """Run one statement in a transaction, retrying transient failures with backoff until the
-    budget is spent."""
+    budget is spent. The budget is also the client-side deadline of every wait on the database."""
     global _unreachable_until
     if time.monotonic() < _unreachable_until:
         metrics.unavailable("database_unreachable")
         raise Unavailable("the database was unreachable a moment ago")
     pool = open_pool()
     deadline = time.monotonic() + _settings.retry_budget
-    for attempt in itertools.count():
-        seconds_left = deadline - time.monotonic()
-        try:
-            with pool.connection(timeout=min(_settings.pool_timeout, seconds_left)) as conn:
-                return _transaction(conn, attempt, deadline - time.monotonic(), name, params)
-        except PoolTimeout as exc:
-            _unreachable_until = time.monotonic() + UNREACHABLE_HOLD_SECONDS
-            metrics.unavailable("pool_timeout")
-            raise Unavailable(str(exc)) from exc
-        except errors.QueryCanceled as exc:
-            metrics.unavailable("statement_timeout")
-            raise Unavailable(str(exc)) from exc
-        except TRANSIENT as exc:
-            pause = random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_FIRST_SECONDS * 2**attempt))
-            if time.monotonic() + pause >= deadline:
-                metrics.unavailable("retries_exhausted")
-                raise Unavailable(str(exc)) from exc
-            metrics.db_retry(exc)
-            time.sleep(pause)
+    outcome_unknown = False  # a COMMIT was cut off and no later attempt resolved it
+    with waits_end_by(deadline):
+        for attempt in itertools.count():
+            seconds_left = deadline - time.monotonic()
+            try:
+                with pool.connection(timeout=min(_settings.pool_timeout, seconds_left)) as conn:
+                    return _transaction(conn, attempt, deadline - time.monotonic(), name, params)
+            except PoolTimeout as exc:
+                _unreachable_until = time.monotonic() + UNREACHABLE_HOLD_SECONDS
+                metrics.unavailable("pool_timeout")
+                raise Unavailable(str(exc), outcome_unknown) from exc
+            except errors.QueryCanceled as exc:
+                metrics.unavailable("statement_timeout")
+                raise Unavailable(str(exc), outcome_unknown) from exc
+            except TRANSIENT as exc:
+                # A cut-off COMMIT is retried like a lost connection: the same idempotency key
+                # makes the retry find the purchase or make it, never twice.
+                outcome_unknown = outcome_unknown or isinstance(exc, CommitCutOff)
+                pause = random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_FIRST_SECONDS * 2**attempt))
+                if time.monotonic() + pause >= deadline:
+                    metrics.unavailable("deadline_passed" if isinstance(exc, DeadlinePassed) else "retries_exhausted")
+                    raise Unavailable(str(exc), outcome_unknown) from exc
+                metrics.db_retry(exc)
+                time.sleep(pause)
 
 
 # Item id -> time.monotonic() until which this process answers sold_out without asking the
@@ -200,9 +283,9 @@ def pop_pool_stats():
 
 
 def ping(timeout=READY_TIMEOUT_SECONDS):
-    """True when the database answers within `timeout` seconds."""
+    """True when the database answers within `timeout` seconds, the pool's wait included."""
     try:
-        with open_pool().connection(timeout=timeout) as conn:
+        with waits_end_by(time.monotonic() + timeout), open_pool().connection(timeout=timeout) as conn:
             with conn.transaction(), conn.pipeline():
                 conn.execute(query("set_statement_timeout"), {"milliseconds": int(timeout * 1000)})
                 conn.execute(query("ping"))

@@ -18,7 +18,8 @@ PURCHASE_OUTCOMES = ("sold", "replayed", "idempotency_key_reused", "item_not_fou
                      "sale_ended", "sold_out", "limit_reached", "unavailable")
 # Retry reasons by the name of the exception's class or of a base class (db.TRANSIENT).
 RETRY_REASONS = {"SerializationFailure": "serialization_failure", "DeadlockDetected": "deadlock",
-                 "UniqueViolation": "unique_violation", "OperationalError": "connection_lost"}
+                 "UniqueViolation": "unique_violation", "CommitCutOff": "commit_cut_off",
+                 "DeadlinePassed": "deadline_passed", "OperationalError": "connection_lost"}
 POOL_STATS_SECONDS = 1.0  # how often a worker copies its pool's figures to the metrics
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -117,7 +118,8 @@ def db_retry(exc):
 
 
 def unavailable(reason):
-    """A 503: "pool_timeout", "statement_timeout", "database_unreachable" or "retries_exhausted"."""
+    """A 503: "pool_timeout", "statement_timeout", "database_unreachable", "deadline_passed" or
+    "retries_exhausted"."""
     if _on is not None:
         _on.unavailable.labels(reason).inc()
 

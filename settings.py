@@ -52,6 +52,8 @@ class Settings:
     metrics_dir: str  # prometheus_client's multiprocess directory under gunicorn
     access_log: bool
     log_format: str  # "text" or "json"
+    # Client-side deadline on every database wait (docs/deadline.md).
+    client_deadline: bool
 
 
 def environment():
@@ -148,6 +150,8 @@ def from_environ(environ):
                      or os.path.join(tempfile.gettempdir(), f"flashsale-metrics-{os.getpid()}")),
         access_log=flag(environ, "ACCESS_LOG", "0"),
         log_format=one_of(environ, "LOG_FORMAT", "text", ("text", "json")),
+        # Client-side deadline on every database wait (docs/deadline.md).
+        client_deadline=flag(environ, "DB_CLIENT_DEADLINE", "1"),
     )
 
 

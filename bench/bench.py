@@ -71,7 +71,12 @@ def gunicorn(workers, app="app:app", **env):
 # Features on the request path, each measured as the same build with the feature off and on:
 # name -> (off, on), each a function of the worker count that returns a server to measure
 # (a context manager with `url`; its optional `wrk_args` are passed to buy.lua).
-FEATURES = {}
+FEATURES = {
+    # docs/deadline.md: every wait on the database bounded by the request's deadline; off is
+    # DB_CLIENT_DEADLINE=0, plain psycopg connections whose waits nothing bounds, as before it.
+    "client deadline": (lambda workers: gunicorn(workers, DB_CLIENT_DEADLINE="0"),
+                        lambda workers: gunicorn(workers)),
+}
 
 # Verified tokens: the same gunicorn in open mode against verified mode (HS256). The load is a
 # crowd of BUYERS, each with one token for the whole sale, as an identity provider hands them

@@ -4,7 +4,9 @@
 # starts the private server if needed and prints its address, as `private-url` always does.
 # `test-url` is `url` without .env: the tests never touch a database named only there.
 # `restart fast|immediate [seconds]` restarts it on the same port (immediate: a crash), down
-# for that many seconds, for chaos runs.
+# for that many seconds, for chaos runs. `signal STOP|CONT` freezes or thaws every process of the
+# running server (the postmaster first, so that it forks no new ones, then its children): a
+# database that stops answering with its sockets open, for chaos runs and tests.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -90,9 +92,25 @@ case "${1:-}" in
             die "could not restart PostgreSQL; see $LOG"
         echo "PostgreSQL restarted (${2:-fast}) on port $port" ;;
     test-url) if [ -n "${DATABASE_URL:-}" ]; then echo "$DATABASE_URL"; else start; url; fi ;;
+    signal)
+        case "${2:-}" in STOP|CONT) ;; *) die "usage: scripts/pg.sh signal STOP|CONT" ;; esac
+        running || die "PostgreSQL is not running"
+        postmaster=$(sed -n 1p "$DATA/postmaster.pid")
+        kill -"$2" "$postmaster"
+        pkill -"$2" -P "$postmaster" || true  # no children left is not an error
+        if [ "$2" = CONT ]; then  # make sure that none stays stopped
+            for _ in 1 2 3 4 5 6 7 8 9 10; do
+                ps -o stat= -p "$postmaster" --ppid "$postmaster" | grep -q '^T' || break
+                sleep 0.1
+                kill -CONT "$postmaster"
+                pkill -CONT -P "$postmaster" || true
+            done
+            ! ps -o stat= -p "$postmaster" --ppid "$postmaster" | grep -q '^T' || die "PostgreSQL is still stopped"
+        fi
+        echo "PostgreSQL sent SIG$2" ;;
     private-url) start; url ;;
     data-dir) echo "$DATA" ;;
     stop) if running; then as_postgres "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null; fi; echo "PostgreSQL stopped" ;;
     status) if running; then echo "running on port $(port)"; else echo "stopped"; fi ;;
-    *) die "usage: scripts/pg.sh start | stop | status | url | test-url | private-url | restart fast|immediate [seconds down]" ;;
+    *) die "usage: scripts/pg.sh start | stop | status | url | test-url | private-url | restart fast|immediate [seconds down] | signal STOP|CONT" ;;
 esac

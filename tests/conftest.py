@@ -34,6 +34,7 @@ import db  # noqa: E402
 import reset_db  # noqa: E402
 import schema  # noqa: E402
 import settings as configuration  # noqa: E402
+import support  # noqa: E402
 from deploy import nginx  # noqa: E402
 from local_server import LocalServer  # noqa: E402
 from support import TOKEN_SECRET, StandInUpstream  # noqa: E402
@@ -160,6 +161,13 @@ def stand_in(nginx_folder):
     yield start
     for upstream in started:
         upstream.close()
+
+
+@pytest.fixture
+def stoppable_database():
+    """Tests that stop the database's processes run only on the private PostgreSQL of scripts/pg.sh."""
+    if not support.private_database():
+        pytest.skip("DATABASE_URL is not the private PostgreSQL of scripts/pg.sh")
 
 
 def pytest_terminal_summary(terminalreporter):

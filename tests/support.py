@@ -1,14 +1,13 @@
 """What the tests share: requests through Flask's test client, raw sockets to real gunicorn,
 the database checks, holding an item's row lock, the `flask` command line, bursts of buyers
-around a command, and the slow clients and stand-in upstreams of the nginx tests. conftest.py
-makes fixtures of them."""
+around a command, the slow clients and stand-in upstreams of the nginx tests, tokens, metrics,
+a browser, and a database that stops answering. conftest.py makes fixtures of them."""
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
-import time
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import jwt
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+import chaos
 import db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +44,16 @@ def assert_problem(response, status, code):
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/problem+json"
     body = response.get_json(force=True)
+    assert PROBLEM_FIELDS <= body.keys()
+    assert body["status"] == status and body["code"] == code
+    return body
+
+
+def assert_http_problem(response, status, code):
+    """As assert_problem, for an answer of real gunicorn (a requests.Response)."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    body = response.json()
     assert PROBLEM_FIELDS <= body.keys()
     assert body["status"] == status and body["code"] == code
     return body
@@ -375,11 +385,70 @@ def open_browser(profile):
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
 
 
-def wait_for(condition, seconds=15, every=0.1):
-    """True once `condition()` is true; False after `seconds`."""
+def wait_for(condition, seconds=15, pause=0.02):
+    """condition()'s first true value within `seconds`, else None."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(every)
-    return condition()
+        if value := condition():
+            return value
+        time.sleep(pause)
+    return None
+
+
+def private_database():
+    """True when DATABASE_URL is the private PostgreSQL of scripts/pg.sh, which tests may stop."""
+    return chaos.private_database(chaos.parse_options([]))
+
+
+frozen_database = chaos.frozen_database  # every process of the private PostgreSQL stopped
+
+
+def backends_waiting_on_commit(conn):
+    """{pid: application_name} of the server processes whose COMMIT waits for a standby."""
+    rows = conn.execute(db.query("backends_waiting_on_commit", db.TEST_QUERIES)).fetchall()
+    return {row["pid"]: row["application_name"] for row in rows}
+
+
+def service_backend_waiting_on_commit(conn):
+    """The pid of a server process of the service whose COMMIT waits, or None."""
+    waiting = backends_waiting_on_commit(conn)
+    return next((pid for pid, name in waiting.items() if name == db.APPLICATION_NAME), None)
+
+
+def write_and_commit(conn):
+    with conn.transaction():
+        conn.execute(db.query("write_a_temporary_table", db.TEST_QUERIES))
+
+
+def commit_is_held(conn):
+    """True when a COMMIT that writes waits for a synchronous standby: a probe's COMMIT is seen
+    waiting, then cancelled (the server then completes it without the standby)."""
+    with db.connect() as probe, ThreadPoolExecutor(1) as background:
+        pid = probe.info.backend_pid
+        committed = background.submit(write_and_commit, probe)
+
+        def settled():
+            if pid in backends_waiting_on_commit(conn):
+                return "held"
+            return "committed" if committed.done() else None
+
+        state = wait_for(settled)
+        if state != "committed":
+            probe.cancel_safe()
+        committed.result()
+    return state == "held"
+
+
+@contextmanager
+def commits_held(conn):
+    """Every COMMIT that writes waits, unanswered, until the block ends (see hold_commits.sql).
+    statement_timeout does not bound that wait: the server commits after the statement ends."""
+    conn.execute(db.query("hold_commits", db.TEST_QUERIES))
+    try:
+        conn.execute(db.query("reload_configuration", db.TEST_QUERIES))
+        if not wait_for(lambda: commit_is_held(conn)):
+            raise RuntimeError("the server did not start holding commits")
+        yield
+    finally:
+        conn.execute(db.query("release_commits", db.TEST_QUERIES))
+        conn.execute(db.query("reload_configuration", db.TEST_QUERIES))

@@ -4,9 +4,9 @@ import pytest
 import chaos
 
 
-def short_run(mode):
+def short_run(mode, *arguments):
     options = chaos.parse_options([mode, "--requests", "1500", "--stock", "1200", "--processes", "20",
-                                   "--pause", "0.25"])
+                                   "--pause", "0.25", *arguments])
     return chaos.run_mode(mode, options)
 
 
@@ -14,7 +14,8 @@ def assert_kept_every_promise(result, failures):
     assert failures == []
     assert result["verdict"] == "ok"
     assert result["201"] == 1200 and result["409"] == 300
-    assert result["500"] == 0 and result["lost"] == 0 and result["double sales"] == 0
+    assert result["other 5xx"] == 0 and result["lost"] == 0 and result["double sales"] == 0
+    assert result["worker timeouts"] == 0
     assert result["recovery s"] is not None, "no sale after the last fault"
 
 
@@ -41,3 +42,16 @@ def test_database_restarts_lose_nothing(conn):
     assert_kept_every_promise(result, failures)
     assert result["faults"] == 2
     assert result["recovery s"] < 5.0
+
+
+def test_a_frozen_database_is_answered_503_and_loses_nothing(stoppable_database):
+    """The database stops answering with its sockets open for three times the budget: every
+    request ends at its deadline with a 503 (none waits on until the client gives up), no
+    worker is killed, and sales resume after the thaw."""
+    result, failures = short_run("freeze-db", "--freeze", "3", "--budget", "1")
+    assert_kept_every_promise(result, failures)
+    assert result["faults"] == 1
+    assert result["503"] >= 1
+    assert result["transport errors"] == 0
+    print(f"freeze-db, 3 s freeze, 1 s budget: slowest answer {result['slowest s']} s, "
+          f"{result['503']} answers 503, next sale {result['recovery s']} s after the thaw")

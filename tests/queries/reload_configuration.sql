@@ -1,0 +1,3 @@
+-- Makes the server read its configuration again, as after ALTER SYSTEM.
+-- Parameters: none.
+SELECT pg_reload_conf()
