@@ -73,5 +73,5 @@ def test_the_client_deadline_switch_is_checked():
     environ = {"DATABASE_URL": "postgresql://localhost/x"}
     assert configuration.from_environ(environ).client_deadline
     assert not configuration.from_environ({**environ, "DB_CLIENT_DEADLINE": "0"}).client_deadline
-    with pytest.raises(configuration.ConfigError, match="DB_CLIENT_DEADLINE must be 1 or 0, got 'maybe'"):
+    with pytest.raises(configuration.ConfigError, match="DB_CLIENT_DEADLINE must be 1 or 0 \\(on or off\\), got 'maybe'"):
         configuration.from_environ({**environ, "DB_CLIENT_DEADLINE": "maybe"})
