@@ -53,6 +53,13 @@ def connect(database_url=None):
     )
 
 
+# psycopg_pool retries a failed connection attempt after 1 s, doubling the pause each time until
+# reconnect_timeout has passed since the first failure (default 5 minutes: attempts 1, 3, 7, 15,
+# 31... s after it). Capped at 2 s, the series ends quickly and the pool lets the slot go; the next
+# request that finds the pool empty starts a new attempt at once. So a worker reaches a new
+# primary within about a second of its promotion, not up to half a minute later.
+RECONNECT_TIMEOUT_SECONDS = 2.0
+
 _settings = None  # set by configure(), else the process's settings at first use
 _pool = None
 
@@ -84,6 +91,10 @@ def open_pool():
                 "options": f"-c statement_timeout={int(_settings.retry_budget * 1000)}",
             },
             name=f"{APPLICATION_NAME}-{os.getpid()}",
+            # A connection that broke while idle in the pool (the primary failed over or
+            # restarted) is discarded and replaced before a request gets it.
+            check=ConnectionPool.check_connection,
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
             open=True,
         )
     return _pool
