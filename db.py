@@ -185,15 +185,16 @@ def get_item(item_id):
 
 
 def ping(timeout=READY_TIMEOUT_SECONDS):
-    """True when the database answers within `timeout` seconds."""
+    """How the database keeps an acknowledged commit, 'synchronous' (on a standby too) or 'async'
+    (see replication.sql), when it answers within `timeout` seconds; else None."""
     try:
         with open_pool().connection(timeout=timeout) as conn:
             with conn.transaction(), conn.pipeline():
                 conn.execute(query("set_statement_timeout"), {"milliseconds": int(timeout * 1000)})
-                conn.execute(query("ping"))
-        return True
+                cursor = conn.execute(query("replication"))
+        return cursor.fetchone()["replication"]
     except psycopg.Error:
-        return False
+        return None
 
 
 def available_connections():
