@@ -9,7 +9,8 @@ DATABASE := DATABASE_URL="$$(scripts/pg.sh url)" && export DATABASE_URL
 TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_URL FLASK_SKIP_DOTENV=1
 CHECK_SETTINGS := $(PYTHON) settings.py
 
-.PHONY: run test serve reset chaos bench bench-smoke wrk db db-stop clean
+.PHONY: run test serve reset chaos bench bench-smoke wrk db db-stop clean \
+	cluster-packages cluster-up cluster-down cluster-status cluster-chaos cluster-test
 
 run: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
@@ -53,3 +54,20 @@ clean: db-stop
 	rm -rf $(VENV) .pgdata .pgdata.log "$$(scripts/pg.sh data-dir)" "$$(scripts/pg.sh data-dir).log" \
 		.pytest_cache .hypothesis .gunicorn.log bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# A local cluster: pg_auto_failover monitor, primary and synchronous standby, two app hosts,
+# nginx in front (deploy/cluster.py; docs/cluster.md). Installs the Debian packages if missing.
+CLUSTER := $(PYTHON) deploy/cluster.py
+
+cluster-packages:
+	@command -v pg_autoctl >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-15-auto-failover pg-auto-failover-cli; }
+	@command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx; }
+
+cluster-up: $(VENV)/installed cluster-packages
+	$(CLUSTER) up
+
+cluster-down: $(VENV)/installed
+	$(CLUSTER) down
+
+cluster-status: $(VENV)/installed
+	$(CLUSTER) status

@@ -1,0 +1,508 @@
+"""A local high-availability flash sale: a pg_auto_failover monitor, a PostgreSQL 15 primary and
+its synchronous standby, two app hosts (gunicorn, each on a loopback address of its own) and nginx
+in front of them.
+
+    python deploy/cluster.py up | down | status
+
+Everything lives in one folder, .cluster/ of the checkout (or a folder of /tmp when the postgres
+user cannot enter the checkout), and state.json there holds every port, pid and URL.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+import requests  # noqa: E402
+
+import db  # noqa: E402
+import reset_db  # noqa: E402
+
+PG_BIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))  # pg_auto_failover's PostgreSQL
+DB_NAME = "flashsale"
+NODES = ["node1", "node2"]  # node1 starts as the primary
+APP_HOSTS = {"app1": "127.0.1.1", "app2": "127.0.1.2"}
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx-cluster.conf.template"
+MONITOR_SETTINGS = ROOT / "deploy" / "monitor-failover.conf"
+AS_ROOT = os.getuid() == 0
+
+
+class ClusterError(Exception):
+    """The cluster could not be brought to the state asked for."""
+
+
+# --- processes ------------------------------------------------------------------------------
+
+def alive(pid):
+    """True while process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def process_tree(pid):
+    """`pid` and all its descendants, while they run."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        if alive(current):
+            tree.append(current)
+            todo.extend(children.get(current, []))
+    return tree
+
+
+def signal_all(pids, signum):
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def kill_tree(pid):
+    """SIGKILL a process and every descendant at once. They are stopped first, so that none forks
+    a new child, or is orphaned out of the tree, between the listing and the kill. Returns the pids."""
+    stopped = set()
+    for _ in range(10):  # a fork in flight may add a child after a listing; list until none is new
+        new = set(process_tree(pid)) - stopped
+        if not new:
+            break
+        signal_all(new, signal.SIGSTOP)
+        stopped |= new
+    signal_all(stopped, signal.SIGKILL)
+    return sorted(stopped)
+
+
+def wait_gone(pids, seconds):
+    """True once no process of `pids` runs; False after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def wait_for(what, check, seconds, interval=0.2):
+    """Call `check` until it returns something true, and return that; ClusterError after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{what}: not within {seconds:.0f} s")
+        time.sleep(interval)
+
+
+def free_ports(count, host="127.0.0.1"):
+    """`count` distinct free ports: every socket is held until all are chosen."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+# --- the folder and its state ----------------------------------------------------------------
+
+def postgres_can_enter(path):
+    return subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(path)],
+                          cwd="/", capture_output=True).returncode == 0
+
+
+def cluster_folder():
+    """.cluster/ of the checkout, or a folder of /tmp named after it when PostgreSQL (run as the
+    postgres user) could not enter the checkout."""
+    if AS_ROOT and not postgres_can_enter(ROOT):
+        return Path(f"/tmp/flashsale-cluster-{zlib.crc32(str(ROOT).encode())}")
+    return ROOT / ".cluster"
+
+
+FOLDER = cluster_folder()
+STATE_FILE = FOLDER / "state.json"
+
+
+def load_state():
+    """The running cluster's state, or None when no cluster was brought up."""
+    try:
+        return json.loads(STATE_FILE.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def save_state(state):
+    STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
+
+
+# --- PostgreSQL and pg_auto_failover ----------------------------------------------------------
+
+def pg_home(name):
+    return FOLDER / "pg" / name
+
+
+def pgdata(name):
+    return pg_home(name) / "data"
+
+
+def pg_environment(name):
+    """Each pg_autoctl keeps its configuration, state and pid files in folders of its own."""
+    home = pg_home(name)
+    return {"XDG_CONFIG_HOME": f"{home}/config", "XDG_DATA_HOME": f"{home}/share",
+            "XDG_RUNTIME_DIR": f"{home}/run", "PATH": f"{PG_BIN}:/usr/bin:/bin"}
+
+
+def as_postgres(name, command):
+    """`command` run as the postgres user (PostgreSQL refuses root) in node `name`'s environment."""
+    environment = [f"{key}={value}" for key, value in pg_environment(name).items()]
+    prefix = ["runuser", "-u", "postgres", "--"] if AS_ROOT else []
+    return prefix + ["env", *environment, *command]
+
+
+def pg_autoctl(name, *arguments, timeout=60):
+    """Run a pg_autoctl command for node `name`; its standard output, or ClusterError."""
+    command = as_postgres(name, ["pg_autoctl", *arguments, "--pgdata", str(pgdata(name))])
+    done = subprocess.run(command, cwd="/", capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise ClusterError(f"pg_autoctl {' '.join(arguments)} failed:\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def make_pg_home(name):
+    for sub in ["config", "share", "run"]:
+        (pg_home(name) / sub).mkdir(parents=True, exist_ok=True)
+    if AS_ROOT:
+        shutil.chown(FOLDER / "pg", "postgres", "postgres")
+        for path in [pg_home(name), *pg_home(name).iterdir()]:
+            shutil.chown(path, "postgres", "postgres")
+
+
+def start_keeper(state, name):
+    """Start `pg_autoctl run` for node `name` (monitor or PostgreSQL node), in the background; it
+    starts and watches its PostgreSQL. Records its pid in `state`."""
+    component = state["monitor"] if name == "monitor" else state["nodes"][name]
+    with open(component["log"], "ab") as log:
+        process = subprocess.Popen(as_postgres(name, ["pg_autoctl", "run", "--pgdata", str(pgdata(name))]),
+                                   cwd="/", stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    component["pid"] = process.pid
+    save_state(state)
+
+
+def monitor_url(state):
+    return f"postgresql://autoctl_node@127.0.0.1:{state['monitor']['port']}/pg_auto_failover?sslmode=disable"
+
+
+def node_url(state, name, database=DB_NAME):
+    return f"postgresql://postgres@127.0.0.1:{state['nodes'][name]['port']}/{database}?connect_timeout=2"
+
+
+def accepts_connections(url):
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def create_monitor(state):
+    make_pg_home("monitor")
+    pg_autoctl("monitor", "create", "monitor", "--pgctl", str(PG_BIN / "pg_ctl"),
+               "--pgport", str(state["monitor"]["port"]), "--hostname", "127.0.0.1",
+               "--listen", "127.0.0.1", "--auth", "trust", "--no-ssl")
+    # The failover timing of deploy/monitor-failover.conf, read when the monitor starts.
+    settings = pgdata("monitor") / "failover-timing.conf"
+    shutil.copy(MONITOR_SETTINGS, settings)
+    with open(pgdata("monitor") / "postgresql.conf", "a") as conf:
+        conf.write("include 'failover-timing.conf'\n")
+    if AS_ROOT:
+        shutil.chown(settings, "postgres", "postgres")
+
+
+def create_node(state, name):
+    """Register a PostgreSQL node with the monitor: the first becomes the primary (and creates the
+    flashsale database), the next one a synchronous standby made from a base backup."""
+    make_pg_home(name)
+    pg_autoctl(name, "create", "postgres", "--pgctl", str(PG_BIN / "pg_ctl"),
+               "--pgport", str(state["nodes"][name]["port"]), "--hostname", "127.0.0.1",
+               "--listen", "127.0.0.1", "--name", name, "--dbname", DB_NAME,
+               "--monitor", monitor_url(state), "--auth", "trust", "--no-ssl")
+
+
+def node_states(state):
+    """{node name: (reported state, assigned state)}, as the monitor sees them."""
+    nodes = json.loads(pg_autoctl("monitor", "show", "state", "--json", timeout=10))
+    return {node["nodename"]: (node["current_group_state"], node["assigned_group_state"]) for node in nodes}
+
+
+def primary(state):
+    """The name of the node that takes writes now (or is about to), from the monitor."""
+    for name, (reported, assigned) in node_states(state).items():
+        if assigned in ("single", "wait_primary", "primary") and reported == assigned:
+            return name
+    return None
+
+
+def synchronous(state, name):
+    """True when node `name` is a primary whose commits wait for its standby."""
+    try:
+        with psycopg.connect(node_url(state, name), autocommit=True) as conn, conn.transaction():
+            row = conn.execute(db.query("replication")).fetchone()
+    except psycopg.Error:
+        return False
+    return row[0] == "synchronous"
+
+
+def healthy_pair(state):
+    """The primary's name once one node is primary and the other its synchronous standby."""
+    states = node_states(state)
+    primaries = [name for name, pair in states.items() if pair == ("primary", "primary")]
+    standbys = [name for name, pair in states.items() if pair == ("secondary", "secondary")]
+    if len(primaries) == 1 and len(standbys) == len(NODES) - 1 and synchronous(state, primaries[0]):
+        return primaries[0]
+    return None
+
+
+def checkpoint(state, name):
+    """A checkpoint on the primary: a base backup starts with one, and waits ~7 s for a lazy one."""
+    with psycopg.connect(node_url(state, name), autocommit=True) as conn, conn.transaction():
+        conn.execute(db.query("checkpoint"))
+
+
+# --- app hosts and nginx ----------------------------------------------------------------------
+
+def start_app_host(state, name):
+    """A gunicorn master and its workers on the app host's own loopback address."""
+    app = state["apps"][name]
+    environment = {**os.environ, "DATABASE_URL": state["database_url"], "API_URL": app["url"]}
+    with open(app["log"], "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", app["address"]],
+            cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    app["pid"] = process.pid
+    save_state(state)
+
+
+def ready(url):
+    """The /readyz answer of `url` when it is 200, else None."""
+    try:
+        answer = requests.get(f"{url}/readyz", timeout=2)
+        return answer.json() if answer.status_code == 200 else None
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def start_nginx(state):
+    nginx = state["nginx"]
+    prefix = Path(nginx["prefix"])
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    upstreams = "\n        ".join(f"server {app['address']} max_fails=1 fail_timeout=2s;"
+                                  for app in state["apps"].values())
+    conf = (NGINX_TEMPLATE.read_text().replace("@PREFIX@", str(prefix))
+            .replace("@LISTEN@", nginx["address"]).replace("@UPSTREAM_SERVERS@", upstreams))
+    (prefix / "nginx.conf").write_text(conf)
+    with open(nginx["log"], "ab") as log:
+        process = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
+                                    "-e", str(prefix / "error.log")],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    nginx["pid"] = process.pid
+    save_state(state)
+
+
+# --- up, down, status -------------------------------------------------------------------------
+
+def new_state():
+    monitor_port, *node_ports = free_ports(1 + len(NODES))
+    nginx_port, = free_ports(1)
+    app_ports = [free_ports(1, host)[0] for host in APP_HOSTS.values()]
+    logs = FOLDER / "logs"
+    state = {
+        "folder": str(FOLDER),
+        "monitor": {"port": monitor_port, "log": str(logs / "monitor.log")},
+        "nodes": {name: {"port": port, "log": str(logs / f"{name}.log")}
+                  for name, port in zip(NODES, node_ports)},
+        "apps": {},
+        "nginx": {"address": f"127.0.0.1:{nginx_port}", "prefix": str(FOLDER / "nginx"),
+                  "log": str(logs / "nginx.log")},
+        "url": f"http://127.0.0.1:{nginx_port}",
+    }
+    hosts = ",".join(f"127.0.0.1:{port}" for port in node_ports)
+    # Every node is listed; libpq takes the first that accepts writes, and gives up on a node
+    # that does not answer within 2 s (a frozen one).
+    state["database_url"] = (f"postgresql://postgres@{hosts}/{DB_NAME}"
+                             "?target_session_attrs=read-write&connect_timeout=2")
+    for (name, host), port in zip(APP_HOSTS.items(), app_ports):
+        state["apps"][name] = {"address": f"{host}:{port}", "url": f"http://{host}:{port}",
+                               "log": str(logs / f"{name}.log")}
+    return state
+
+
+def running_pids(state):
+    components = [state.get("monitor", {}), *state.get("nodes", {}).values(),
+                  *state.get("apps", {}).values(), state.get("nginx", {})]
+    return [component["pid"] for component in components if component.get("pid") and alive(component["pid"])]
+
+
+def up():
+    state = load_state()
+    if state and running_pids(state):
+        print(f"The cluster is already up ({STATE_FILE}); `make cluster-down` stops it.")
+        status()
+        return
+    started = time.monotonic()
+    shutil.rmtree(FOLDER, ignore_errors=True)
+    (FOLDER / "logs").mkdir(parents=True)
+    if AS_ROOT:
+        shutil.chown(FOLDER / "logs", "postgres", "postgres")  # the keepers write their logs there
+    state = new_state()
+    save_state(state)
+    try:
+        step("monitor")
+        create_monitor(state)
+        start_keeper(state, "monitor")
+        wait_for("the monitor", lambda: accepts_connections(monitor_url(state)), 30)
+
+        first, *others = NODES
+        step(f"{first}, the primary")
+        create_node(state, first)
+        start_keeper(state, first)
+        wait_for(f"{first} as the primary", lambda: primary(state) == first
+                 and accepts_connections(node_url(state, first)), 30)
+        reset_db.reset(database_url=node_url(state, first))
+        checkpoint(state, first)
+
+        for name in others:
+            step(f"{name}, its synchronous standby")
+            create_node(state, name)
+            start_keeper(state, name)
+        for name in APP_HOSTS:  # they find the primary by themselves
+            start_app_host(state, name)
+        start_nginx(state)
+
+        step("waiting for the standby, the app hosts and nginx")
+        wait_for("a synchronous standby", lambda: healthy_pair(state), 60)
+        for name, app in state["apps"].items():
+            wait_for(f"app host {name}", lambda: ready(app["url"]), 30)
+        wait_for("nginx", lambda: ready(state["url"]), 10)
+    except (ClusterError, psycopg.Error, subprocess.TimeoutExpired) as exc:
+        raise ClusterError(f"{exc}\nLogs: {FOLDER / 'logs'}; `make cluster-down` stops what started.") from None
+    print(f"Cluster up in {time.monotonic() - started:.1f} s.")
+    status()
+
+
+def step(what):
+    print(f"  starting {what}", flush=True)
+
+
+def stop_keepers(state, names):
+    """Stop pg_autoctl (which stops its PostgreSQL first) for each node of `names`."""
+    for name in names:
+        component = state["monitor"] if name == "monitor" else state["nodes"][name]
+        pid = component.get("pid")
+        if not pid or not alive(pid):
+            continue
+        tree = process_tree(pid)
+        try:
+            pg_autoctl(name, "stop", timeout=10)
+        except (ClusterError, subprocess.TimeoutExpired):
+            pass
+        if not wait_gone(tree, 20):
+            kill_tree(pid)
+            signal_all(tree, signal.SIGKILL)
+
+
+def stop_process(component, signum):
+    pid = component.get("pid")
+    if pid and alive(pid):
+        tree = process_tree(pid)
+        signal_all([pid], signum)
+        if not wait_gone(tree, 15):
+            signal_all(tree, signal.SIGKILL)
+
+
+def down():
+    state = load_state()
+    if not state:
+        print("No cluster to stop.")
+        return
+    stop_process(state["nginx"], signal.SIGQUIT)  # graceful: answers in flight are finished
+    for app in state["apps"].values():
+        stop_process(app, signal.SIGTERM)
+    # The standby first, then the primary: the monitor never sees a primary to replace.
+    try:
+        leader = primary(state) if alive(state["monitor"].get("pid", 0)) else None
+    except (ClusterError, subprocess.TimeoutExpired):
+        leader = None
+    stop_keepers(state, sorted(NODES, key=lambda name: name == leader))
+    stop_keepers(state, ["monitor"])
+    left = running_pids(state)
+    if left:
+        raise ClusterError(f"processes still running: {left}")
+    print(f"Cluster stopped; its data and logs stay in {FOLDER} until the next cluster-up.")
+
+
+def status():
+    state = load_state()
+    if not state:
+        print("No cluster: `make cluster-up` starts one.")
+        return
+    rows = [("monitor", f"127.0.0.1:{state['monitor']['port']}", state["monitor"].get("pid"))]
+    rows += [(name, f"127.0.0.1:{node['port']}", node.get("pid")) for name, node in state["nodes"].items()]
+    rows += [(f"app host {name}", app["address"], app.get("pid")) for name, app in state["apps"].items()]
+    rows += [("nginx", state["nginx"]["address"], state["nginx"].get("pid"))]
+    print(f"{'component':<14} {'address':<22} {'pid':>8}  state")
+    for name, address, pid in rows:
+        running = bool(pid) and alive(pid)
+        detail = "running" if running else "stopped"
+        if running and name.startswith("app host"):
+            answer = ready(f"http://{address}")
+            detail += f", readyz: {answer}" if answer else ", not ready"
+        print(f"{name:<14} {address:<22} {pid or '-':>8}  {detail}")
+    print(f"\nAPI (through nginx): {state['url']}")
+    print(f"DATABASE_URL of the app hosts: {state['database_url']}")
+    print(f"Folder: {state['folder']}")
+    if alive(state["monitor"].get("pid", 0)):
+        try:
+            print("\n" + pg_autoctl("monitor", "show", "state", timeout=10).rstrip())
+        except (ClusterError, subprocess.TimeoutExpired) as exc:
+            print(f"\nmonitor: {exc}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    options = parser.parse_args(argv)
+    if AS_ROOT and shutil.which("runuser") is None:
+        sys.exit("cluster: runuser is missing (util-linux)")
+    for program in [PG_BIN / "pg_ctl", shutil.which("pg_autoctl"), shutil.which("nginx")]:
+        if program is None or not Path(program).exists():
+            sys.exit(f"cluster: {program or 'pg_autoctl or nginx'} not found: `make cluster-up` installs them")
+    try:
+        {"up": up, "down": down, "status": status}[options.command]()
+    except ClusterError as exc:
+        sys.exit(f"cluster {options.command}: {exc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
