@@ -71,3 +71,8 @@ cluster-down: $(VENV)/installed
 
 cluster-status: $(VENV)/installed
 	$(CLUSTER) status
+
+# Faults under a steady sale through nginx, then the proof's check (deploy/cluster_chaos.py);
+# MODES="kill-primary switchover" runs some only. Brings a cluster up (and down) if none runs.
+cluster-chaos: $(VENV)/installed cluster-packages
+	$(PYTHON) deploy/cluster_chaos.py $(MODES)
