@@ -55,10 +55,11 @@ def connect(database_url=None):
 
 # psycopg_pool retries a failed connection attempt after 1 s, doubling the pause each time until
 # reconnect_timeout has passed since the first failure (default 5 minutes: attempts 1, 3, 7, 15,
-# 31... s after it). Capped at 2 s, the series ends quickly and the pool lets the slot go; the next
-# request that finds the pool empty starts a new attempt at once. So a worker reaches a new
-# primary within about a second of its promotion, not up to half a minute later.
-RECONNECT_TIMEOUT_SECONDS = 2.0
+# 31... s after it). With half a second the series ends after one more attempt and the pool lets
+# the slot go; the next request that finds the pool empty starts a new attempt at once. So while
+# the primary fails over, each busy worker tries again every second or less, and reaches the new
+# primary right after its promotion, not up to half a minute later.
+RECONNECT_TIMEOUT_SECONDS = 0.5
 
 _settings = None  # set by configure(), else the process's settings at first use
 _pool = None
