@@ -76,3 +76,7 @@ cluster-status: $(VENV)/installed
 # MODES="kill-primary switchover" runs some only. Brings a cluster up (and down) if none runs.
 cluster-chaos: $(VENV)/installed cluster-packages
 	$(PYTHON) deploy/cluster_chaos.py $(MODES)
+
+# The cluster's tests (tests/test_cluster.py): up, a burst with the primary killed, down.
+cluster-test: $(VENV)/installed cluster-packages
+	$(DATABASE) && $(PYTHON) -m pytest -m cluster tests/test_cluster.py

@@ -283,6 +283,11 @@ def healthy_pair(state):
     return None
 
 
+def wait_healthy(state, seconds=90):
+    """Wait until one node is primary and the other its synchronous standby; return the primary."""
+    return wait_for("a primary with its synchronous standby", lambda: healthy_pair(state), seconds, 0.5)
+
+
 def checkpoint(state, name):
     """A checkpoint on the primary: a base backup starts with one, and waits ~7 s for a lazy one."""
     with psycopg.connect(node_url(state, name), autocommit=True) as conn, conn.transaction():
@@ -400,7 +405,7 @@ def up():
         start_nginx(state)
 
         step("waiting for the standby, the app hosts and nginx")
-        wait_for("a synchronous standby", lambda: healthy_pair(state), 60)
+        wait_healthy(state, 60)
         for name, app in state["apps"].items():
             wait_for(f"app host {name}", lambda: ready(app["url"]), 30)
         wait_for("nginx", lambda: ready(state["url"]), 10)

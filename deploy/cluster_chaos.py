@@ -76,13 +76,12 @@ def writable(run, name):
 
 
 def wait_healthy(run, seconds=90):
-    """Wait until one node is primary and the other its synchronous standby; return the primary."""
-    return cluster.wait_for("a primary with its synchronous standby", lambda: cluster.healthy_pair(run.state),
-                            seconds, interval=0.5)
+    return cluster.wait_healthy(run.state, seconds)
 
 
 def kill_primary(run):
-    for number in range(3):
+    kills = run.options.kills
+    for number in range(kills):
         time.sleep(run.options.pause)
         victim = wait_healthy(run)
         survivor = other_node(victim)
@@ -91,7 +90,7 @@ def kill_primary(run):
         struck = time.monotonic()
         cluster.wait_for(f"{survivor} promoted", lambda: writable(run, survivor), 60, interval=0.1)
         promoted = time.monotonic() - struck
-        run.phase = f"fault {number + 1}/3: {victim} killed, {survivor} promoted; {victim} rejoining"
+        run.phase = f"fault {number + 1}/{kills}: {victim} killed, {survivor} promoted; {victim} rejoining"
         cluster.start_keeper(run.state, victim)
         wait_healthy(run)
         run.note(f"kill {number + 1}: {survivor} writable {promoted:.1f} s after the kill; "
@@ -320,6 +319,8 @@ def run_mode(mode, state, options):
     item, rows = proof.database_state(cluster.node_url(state, survivor))
     burst.requests = len(purchases)
     failures = proof.verdict(burst, purchases, item, rows)
+    if not standby_agrees(state, other_node(survivor), rows):
+        failures.append("the standby does not hold the primary's purchases")
     if run.error:
         failures.append(f"fault injection failed: {run.error}")
     if not run.faults:
@@ -329,6 +330,23 @@ def run_mode(mode, state, options):
     print(f"  [{mode}] checked on the surviving primary {survivor}: {item['sold']} sold of {stock}, "
           f"{len(rows)} purchase rows; {run.elapsed():.0f} s", flush=True)
     return result, failures, run.notes
+
+
+def standby_agrees(state, standby, rows, seconds=15):
+    """True once the standby has replayed exactly the primary's purchase rows (a synchronous
+    standby has flushed every commit before it was acknowledged, and applies it just after)."""
+    expected = [(row["id"], row["idempotency_key"]) for row in rows]
+
+    def replayed():
+        try:
+            _, standby_rows = proof.database_state(cluster.node_url(state, standby))
+        except Exception:
+            return False
+        return [(row["id"], row["idempotency_key"]) for row in standby_rows] == expected
+    try:
+        return cluster.wait_for("the standby's copy", replayed, seconds, interval=0.5)
+    except cluster.ClusterError:
+        return False
 
 
 def print_table(results):
@@ -345,13 +363,16 @@ def parse_options(argv):
     parser.add_argument("--rate", type=float, default=100, help="purchases per second while faults happen (default 100)")
     parser.add_argument("--processes", type=int, default=50, help="buyer processes (default 50)")
     parser.add_argument("--pause", type=float, default=3, help="seconds of sales before each fault (default 3)")
+    parser.add_argument("--kills", type=int, default=3, help="kill-primary: kills in a row (default 3)")
     parser.add_argument("--max-seconds", type=float, default=240, help="cap on each mode's steady phase (default 240)")
     options = parser.parse_args(argv)
     unknown = set(options.modes) - set(MODES) - {"all"}
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))} (choose from {', '.join(MODES)})")
-    if not (options.rate > 0 and options.processes >= 1 and options.pause >= 0 and options.max_seconds > 0):
-        parser.error("--rate and --max-seconds must be positive, --processes at least 1, --pause at least 0")
+    if not (options.rate > 0 and options.processes >= 1 and options.pause >= 0 and options.max_seconds > 0
+            and options.kills >= 1):
+        parser.error("--rate and --max-seconds must be positive, --processes and --kills at least 1, "
+                     "--pause at least 0")
     options.modes = MODES if not options.modes or "all" in options.modes else options.modes
     return options
 
