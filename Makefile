@@ -79,4 +79,4 @@ cluster-chaos: $(VENV)/installed cluster-packages
 
 # The cluster's tests (tests/test_cluster.py): up, a burst with the primary killed, down.
 cluster-test: $(VENV)/installed cluster-packages
-	$(DATABASE) && $(PYTHON) -m pytest -m cluster tests/test_cluster.py
+	$(TEST_DATABASE) && $(PYTHON) -m pytest -m cluster tests/test_cluster.py
