@@ -10,7 +10,7 @@ TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_UR
 CHECK_SETTINGS := $(PYTHON) settings.py
 
 .PHONY: run test serve reset chaos bench bench-smoke wrk db db-stop clean \
-	cluster-packages cluster-up cluster-down cluster-status cluster-chaos cluster-test
+	cluster-packages cluster-up cluster-down cluster-status cluster-chaos cluster-test cluster-diagram
 
 run: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
@@ -80,3 +80,8 @@ cluster-chaos: $(VENV)/installed cluster-packages
 # The cluster's tests (tests/test_cluster.py): up, a burst with the primary killed, down.
 cluster-test: $(VENV)/installed cluster-packages
 	$(TEST_DATABASE) && $(PYTHON) -m pytest -m cluster tests/test_cluster.py
+
+# docs/topology.svg from its text source, deploy/topology.dot (Graphviz).
+cluster-diagram:
+	@command -v dot >/dev/null || { apt-get update -qq && apt-get install -y -qq graphviz; }
+	dot -Tsvg deploy/topology.dot -o docs/topology.svg
