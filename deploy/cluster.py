@@ -198,12 +198,14 @@ def make_pg_home(name):
             shutil.chown(path, "postgres", "postgres")
 
 
-def start_keeper(state, name):
-    """Start `pg_autoctl run` for node `name` (monitor or PostgreSQL node), in the background; it
-    starts and watches its PostgreSQL. Records its pid in `state`."""
+def start_keeper(state, name, *create):
+    """Start the pg_autoctl service of node `name` (the monitor or a PostgreSQL node) in the
+    background, which starts and watches its PostgreSQL: `pg_autoctl run`, or, given the `create`
+    arguments, `pg_autoctl create ... --run`, which makes the node first. Records its pid."""
     component = state["monitor"] if name == "monitor" else state["nodes"][name]
+    command = ["create", *create, "--run"] if create else ["run"]
     with open(component["log"], "ab") as log:
-        process = subprocess.Popen(as_postgres(name, ["pg_autoctl", "run", "--pgdata", str(pgdata(name))]),
+        process = subprocess.Popen(as_postgres(name, ["pg_autoctl", *command, "--pgdata", str(pgdata(name))]),
                                    cwd="/", stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     component["pid"] = process.pid
     save_state(state)
@@ -226,27 +228,31 @@ def accepts_connections(url):
 
 
 def create_monitor(state):
+    """Make and start the monitor, then give it the failover timing of deploy/monitor-failover.conf."""
     make_pg_home("monitor")
-    pg_autoctl("monitor", "create", "monitor", "--pgctl", str(PG_BIN / "pg_ctl"),
-               "--pgport", str(state["monitor"]["port"]), "--hostname", "127.0.0.1",
-               "--listen", "127.0.0.1", "--auth", "trust", "--no-ssl")
-    # The failover timing of deploy/monitor-failover.conf, read when the monitor starts.
+    start_keeper(state, "monitor", "monitor", "--pgctl", str(PG_BIN / "pg_ctl"),
+                 "--pgport", str(state["monitor"]["port"]), "--hostname", "127.0.0.1",
+                 "--listen", "127.0.0.1", "--auth", "trust", "--no-ssl")
+    wait_for("the monitor", lambda: accepts_connections(monitor_url(state)), 30)
     settings = pgdata("monitor") / "failover-timing.conf"
     shutil.copy(MONITOR_SETTINGS, settings)
-    with open(pgdata("monitor") / "postgresql.conf", "a") as conf:
-        conf.write("include 'failover-timing.conf'\n")
     if AS_ROOT:
         shutil.chown(settings, "postgres", "postgres")
+    with open(pgdata("monitor") / "postgresql.conf", "a") as conf:
+        conf.write("include 'failover-timing.conf'\n")
+    superuser = f"postgresql://postgres@127.0.0.1:{state['monitor']['port']}/postgres?connect_timeout=2"
+    with psycopg.connect(superuser, autocommit=True) as conn, conn.transaction():
+        conn.execute(db.query("reload_configuration"))
 
 
 def create_node(state, name):
-    """Register a PostgreSQL node with the monitor: the first becomes the primary (and creates the
+    """Make, register and start a PostgreSQL node: the first becomes the primary (and creates the
     flashsale database), the next one a synchronous standby made from a base backup."""
     make_pg_home(name)
-    pg_autoctl(name, "create", "postgres", "--pgctl", str(PG_BIN / "pg_ctl"),
-               "--pgport", str(state["nodes"][name]["port"]), "--hostname", "127.0.0.1",
-               "--listen", "127.0.0.1", "--name", name, "--dbname", DB_NAME,
-               "--monitor", monitor_url(state), "--auth", "trust", "--no-ssl")
+    start_keeper(state, name, "postgres", "--pgctl", str(PG_BIN / "pg_ctl"),
+                 "--pgport", str(state["nodes"][name]["port"]), "--hostname", "127.0.0.1",
+                 "--listen", "127.0.0.1", "--name", name, "--dbname", DB_NAME,
+                 "--monitor", monitor_url(state), "--auth", "trust", "--no-ssl")
 
 
 def node_states(state):
@@ -375,7 +381,10 @@ def up():
         status()
         return
     started = time.monotonic()
-    shutil.rmtree(FOLDER, ignore_errors=True)
+    if FOLDER.exists():  # the last cluster's data goes, out of the way first, then in the background
+        old = FOLDER.with_name(f"{FOLDER.name}.old.{os.getpid()}")
+        FOLDER.rename(old)
+        subprocess.Popen(["rm", "-rf", str(old)], start_new_session=True)
     (FOLDER / "logs").mkdir(parents=True)
     if AS_ROOT:
         shutil.chown(FOLDER / "logs", "postgres", "postgres")  # the keepers write their logs there
@@ -384,13 +393,10 @@ def up():
     try:
         step("monitor")
         create_monitor(state)
-        start_keeper(state, "monitor")
-        wait_for("the monitor", lambda: accepts_connections(monitor_url(state)), 30)
 
         first, *others = NODES
         step(f"{first}, the primary")
         create_node(state, first)
-        start_keeper(state, first)
         wait_for(f"{first} as the primary", lambda: primary(state) == first
                  and accepts_connections(node_url(state, first)), 30)
         reset_db.reset(database_url=node_url(state, first))
@@ -399,7 +405,6 @@ def up():
         for name in others:
             step(f"{name}, its synchronous standby")
             create_node(state, name)
-            start_keeper(state, name)
         for name in APP_HOSTS:  # they find the primary by themselves
             start_app_host(state, name)
         start_nginx(state)
