@@ -184,6 +184,7 @@ FAULTS = {"kill-primary": kill_primary, "switchover": switchover, "kill-app-host
 # rate x this, and the stock is twice that.
 EXPECTED_SECONDS = {"kill-primary": 45, "switchover": 25, "kill-app-host": 12, "slow-clients": 18,
                     "freeze-primary": 25}
+SELL_OUT_SECONDS = 15  # about, for the closing burst and the checks, in the progress lines
 
 
 def inject(run):
@@ -233,9 +234,12 @@ def remaining_stock(database_url):
 
 
 def show_progress(run, answered, stop):
+    """Every 2 s: the mode, seconds elapsed and about how many are left, answers so far, the fault."""
+    expected = EXPECTED_SECONDS[run.mode] + SELL_OUT_SECONDS
     while not stop.wait(2.0):
-        print(f"  [{run.mode}] {run.elapsed():5.0f} s elapsed (at most {run.options.max_seconds:.0f} s of faults), "
-              f"{answered[0]} purchases answered; {run.phase}", flush=True)
+        left = f"about {expected - run.elapsed():.0f} s left" if run.elapsed() < expected else "running late"
+        print(f"  [{run.mode}] {run.elapsed():4.0f} s elapsed, {left}; {answered[0]} purchases answered; "
+              f"{run.phase}", flush=True)
 
 
 # --- figures --------------------------------------------------------------------------------
