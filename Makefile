@@ -51,6 +51,8 @@ $(VENV)/installed: requirements.txt requirements-dev.txt
 # Everything the targets above create: the virtualenv, the private database (and its /tmp
 # fallback folder), logs, caches and benchmark results.
 clean: db-stop
+	if [ -x $(PYTHON) ]; then $(CLUSTER) down; fi
+	rm -rf .cluster
 	rm -rf $(VENV) .pgdata .pgdata.log "$$(scripts/pg.sh data-dir)" "$$(scripts/pg.sh data-dir).log" \
 		.pytest_cache .hypothesis .gunicorn.log bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
