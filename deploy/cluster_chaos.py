@@ -101,11 +101,18 @@ def switchover(run):
     for number in range(2):
         time.sleep(run.options.pause)
         before = wait_healthy(run)
+        target = other_node(before)
         run.fault(f"switchover from {before}")
         struck = time.monotonic()
+        promoted = []  # when the target took writes, seen from a thread while pg_autoctl runs
+        watcher = threading.Thread(target=lambda: promoted.append(cluster.wait_for(
+            f"{target} promoted", lambda: writable(run, target) and time.monotonic(), 60, 0.1)), daemon=True)
+        watcher.start()
         cluster.pg_autoctl("monitor", "perform", "switchover", timeout=90)
         after = wait_healthy(run)
-        run.note(f"switchover {number + 1}: {before} -> {after}, "
+        watcher.join(60)
+        took_writes = f"{promoted[0] - struck:.1f} s" if promoted else "not seen"
+        run.note(f"switchover {number + 1}: {before} -> {after}, {target} writable after {took_writes}, "
                  f"healthy again {time.monotonic() - struck:.1f} s after it began")
 
 
