@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import cluster  # deploy/cluster.py, which puts the project on sys.path
 
