@@ -8,34 +8,46 @@ DATABASE := DATABASE_URL="$$(scripts/pg.sh url)" && export DATABASE_URL
 # The tests read neither .env nor a DATABASE_URL written only there.
 TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_URL FLASK_SKIP_DOTENV=1
 CHECK_SETTINGS := $(PYTHON) settings.py
+UPGRADE_SCHEMA := $(VENV)/bin/flask --app app db upgrade
 
-.PHONY: run test serve reset chaos bench bench-smoke wrk db db-stop clean \
+.PHONY: run test serve reset chaos bench bench-smoke wrk nginx db db-stop clean \
 	cluster-packages cluster-up cluster-down cluster-status cluster-chaos cluster-test cluster-diagram
 
-run: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
+# The proof runs in verified mode: a fresh HS256 secret for gunicorn and for the proof's tokens.
+FRESH_SECRET := export AUTH_JWT_SECRET="$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(32))')" \
+	AUTH_JWT_PUBLIC_KEY= AUTH_JWT_ALGORITHMS=HS256
 
-test: $(VENV)/installed
+run: $(VENV)/installed
+	$(DATABASE) && $(FRESH_SECRET) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && \
+		$(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
+
+test: $(VENV)/installed nginx
 	$(TEST_DATABASE) && $(PYTHON) -m pytest
 
-serve: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py && $(VENV)/bin/gunicorn -c gunicorn.conf.py
+# nginx on API_URL in front of gunicorn on a unix socket, both in the foreground; Ctrl-C stops both.
+# Keeps the sales the database holds: `make reset` for a fresh item 1.
+serve: $(VENV)/installed nginx
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) deploy/nginx.py serve
 
 chaos: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) chaos.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) chaos.py
 
-bench: $(VENV)/installed wrk
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) bench/bench.py
+bench: $(VENV)/installed wrk nginx
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py
 
 # A few seconds of every measurement, so that the benchmark keeps working; no figure is judged.
-bench-smoke: $(VENV)/installed wrk
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) bench/bench.py --smoke
+bench-smoke: $(VENV)/installed wrk nginx
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py --smoke
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
+# Debian puts nginx in /usr/sbin, which a user's PATH may lack.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { apt-get update -qq && apt-get install -y -qq nginx; }
+
 reset: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py --yes
 
 db: $(VENV)/installed
 	scripts/pg.sh start

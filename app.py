@@ -6,6 +6,8 @@ from flask import Flask, Response, request
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
+import auth
+import cli
 import db
 import settings as configuration
 
@@ -132,10 +134,13 @@ def valid_idempotency_key(value):
     return VISIBLE_ASCII.fullmatch(value) is not None
 
 
-def parse_purchase(environ):
-    """The purchase asked for: (item_id, user_id, quantity, idempotency_key), or a Problem."""
+def parse_purchase(environ, buyer=None):
+    """The purchase asked for: (item_id, user_id, quantity, idempotency_key), or a Problem.
+    With a verified `buyer`, user_id may be left out, and must be the buyer if given."""
     body = parse_json_object(environ)
     body.setdefault("quantity", 1)
+    if buyer is not None:
+        body.setdefault("user_id", buyer)
     key = environ.get("HTTP_IDEMPOTENCY_KEY")
     errors = []
     if "item_id" not in body:
@@ -159,7 +164,44 @@ def parse_purchase(environ):
         fields = ", ".join(error["field"] for error in errors)
         raise Problem(422, "invalid_request", "Invalid request", f"Invalid fields: {fields}.",
                       errors=errors)
+    if buyer is not None and body["user_id"] != buyer:
+        raise Problem(403, "user_mismatch", "User mismatch",
+                      "user_id must be the token's subject (sub), or be left out.")
     return body["item_id"], body["user_id"], body["quantity"], key
+
+
+MAX_BIGINT = 2**63 - 1  # purchases.id
+PAGE_DEFAULT, PAGE_MAX = 20, 100
+ASCII_DIGITS = re.compile("[0-9]{1,20}")
+
+
+def page_number(raw, low, high):
+    """A query parameter as a whole number from low to high, else None."""
+    return int(raw) if raw is not None and ASCII_DIGITS.fullmatch(raw) and low <= int(raw) <= high else None
+
+
+def parse_page(args):
+    """?after=&limit= of GET /purchases: (after or None, limit), or a Problem. `after` is the
+    last purchase id of the previous page: the next page holds older purchases."""
+    errors = []
+    after = page_number(args.get("after"), 1, MAX_BIGINT)
+    if "after" in args and after is None:
+        errors.append({"field": "after", "message": f"must be a purchase id from 1 to {MAX_BIGINT}"})
+    limit = page_number(args.get("limit", str(PAGE_DEFAULT)), 1, PAGE_MAX)
+    if limit is None:
+        errors.append({"field": "limit", "message": f"must be a whole number from 1 to {PAGE_MAX}"})
+    for field in sorted(set(args) - {"after", "limit"}):
+        errors.append({"field": field, "message": "is not a known parameter"})
+    if errors:
+        fields = ", ".join(error["field"] for error in errors)
+        raise Problem(422, "invalid_request", "Invalid request", f"Invalid parameters: {fields}.",
+                      errors=errors)
+    return after, limit
+
+
+def purchase_json(row):
+    return {"purchase_id": row["id"], "item_id": row["item_id"], "user_id": row["user_id"],
+            "quantity": row["quantity"], "created_at": row["created_at"].isoformat()}
 
 
 class FlashSale(Flask):
@@ -173,13 +215,18 @@ class FlashSale(Flask):
 
 def create_app(settings=None):
     """The WSGI app. Without `settings`, the process's own (settings.load())."""
-    db.configure(settings or configuration.load_or_exit())
+    settings = settings or configuration.load_or_exit()
+    db.configure(settings)
+    verifier = auth.verifier(settings, valid_user_id)  # None in open mode
     app = FlashSale(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    cli.init_app(app)  # flask --app app db ..., sale ...
 
     @app.post("/buy_ticket")
     def buy_ticket():
-        item_id, user_id, quantity, key = parse_purchase(request.environ)
+        # Before anything else, the sold-out fast path included: every buyer shows a valid token.
+        buyer = verifier.buyer(request.environ.get("HTTP_AUTHORIZATION")) if verifier else None
+        item_id, user_id, quantity, key = parse_purchase(request.environ, buyer)
         try:
             row = db.buy_ticket(item_id, user_id, quantity, key)
         except db.Unavailable:
@@ -220,9 +267,47 @@ def create_app(settings=None):
     def readyz():
         replication = db.ping()
         if replication:
-            return json_response({"status": "ready", "replication": replication})
+            return json_response({"status": "ready", "auth": auth.mode(settings), "replication": replication})
         raise Problem(503, "not_ready", "Not ready",
                       f"The database did not answer within {db.READY_TIMEOUT_SECONDS:g} s.")
+
+    @app.get("/purchases")
+    def list_purchases():
+        buyer = verified_buyer()
+        after, limit = parse_page(request.args)
+        try:
+            rows = db.buyer_purchases(buyer, after, limit + 1)  # one more: is there a next page?
+        except db.Unavailable:
+            raise overloaded("The purchases could not be read in time. Retry later.") from None
+        page = [purchase_json(row) for row in rows[:limit]]
+        next_after = page[-1]["purchase_id"] if len(rows) > limit else None
+        return json_response({"purchases": page, "next_after": next_after})
+
+    @app.get("/purchases/<int:purchase_id>")
+    def get_purchase(purchase_id):
+        buyer = verified_buyer()
+        try:
+            row = db.buyer_purchase(buyer, purchase_id) if purchase_id <= MAX_BIGINT else None
+        except db.Unavailable:
+            raise overloaded("The purchase could not be read in time. Retry later.") from None
+        if row is None:  # the same answer whether it is another buyer's or does not exist
+            raise Problem(404, "purchase_not_found", "Purchase not found",
+                          f"You have no purchase {purchase_id}.")
+        return json_response(purchase_json(row))
+
+    def verified_buyer():
+        if verifier is None:
+            raise Problem(404, "verified_mode_required", "Not available in open mode",
+                          "A buyer's purchases are served only when tokens are verified "
+                          "(AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY).")
+        return verifier.buyer(request.environ.get("HTTP_AUTHORIZATION"))
+
+    @app.errorhandler(auth.Unauthorized)
+    def handle_unauthorized(refusal):
+        title = "Unauthorized" if refusal.code == "unauthorized" else "Invalid token"
+        response = problem_response(Problem(401, refusal.code, title, refusal.detail))
+        response.headers["WWW-Authenticate"] = refusal.challenge
+        return response
 
     @app.errorhandler(Problem)
     def handle_problem(problem):

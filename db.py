@@ -154,8 +154,8 @@ def _run(name, params):
 
 
 # Item id -> time.monotonic() until which this process answers sold_out without asking the
-# database. Set only when the database said that nothing is left; stock never comes back, except
-# when the sale is seeded again, which this process sees once the entry expires.
+# database. Set only when the database said that nothing is left; stock comes back only by
+# `flask sale restock` or a re-seeded sale, which this process sees once the entry expires.
 _sold_out_until = {}
 
 
@@ -182,6 +182,17 @@ def buy_ticket(item_id, user_id, quantity, idempotency_key=None):
 def get_item(item_id):
     """The item's row of get_item.sql, or None."""
     rows = _run("get_item", {"item_id": item_id})
+    return rows[0] if rows else None
+
+
+def buyer_purchases(user_id, after, limit):
+    """The buyer's purchases older than purchase id `after` (all when None), newest first."""
+    return _run("buyer_purchases", {"user_id": user_id, "after": after, "limit": limit})
+
+
+def buyer_purchase(user_id, purchase_id):
+    """The purchase if it is the buyer's, else None."""
+    rows = _run("buyer_purchase", {"user_id": user_id, "purchase_id": purchase_id})
     return rows[0] if rows else None
 
 

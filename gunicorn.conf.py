@@ -6,7 +6,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import auth  # noqa: E402
 import db  # noqa: E402
+import schema  # noqa: E402
 import settings as configuration  # noqa: E402
 
 settings = configuration.load_or_exit()
@@ -22,9 +24,24 @@ accesslog = None
 control_socket_disable = True
 
 
+def on_starting(server):
+    """Refuse to serve a database whose schema is older than the code, in one line naming the
+    command that upgrades it. A database that cannot be reached does not stop the service: the
+    workers' pools keep trying, and the schema is checked at the next start."""
+    try:
+        outdated = schema.check(settings.database_url)
+    except db.psycopg.Error as exc:
+        server.log.warning("could not check the database schema: %s", str(exc).strip().splitlines()[0])
+        return
+    if outdated:
+        sys.exit(outdated)
+
+
 def when_ready(server):
     """Warn once when the workers' pools together may ask for more connections than the
     database allows: the last ones to connect would be refused."""
+    if auth.mode(settings) == "open":  # here, in the master: once, not once per worker
+        server.log.warning(auth.OPEN_MODE_WARNING)
     wanted = settings.web_concurrency * (settings.pool_size + settings.max_overflow)
     try:
         available = db.available_connections()

@@ -39,14 +39,15 @@ def free_address(host="127.0.0.1"):
 
 
 class LocalServer:
-    """gunicorn with gunicorn.conf.py serving `app`; `env` overrides the environment (WEB_CONCURRENCY...)."""
+    """gunicorn with gunicorn.conf.py serving `app`; `env` overrides the environment (WEB_CONCURRENCY...).
+    `bind` (unix:PATH) replaces the free port, for a proxy in front to set `url` (deploy/nginx.py)."""
 
-    def __init__(self, app="app:app", host="127.0.0.1", **env):
+    def __init__(self, app="app:app", host="127.0.0.1", bind=None, **env):
         address = free_address(host)
         self.url = f"http://{address}"
         self.log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", address, app],
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", bind or address, app],
             cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
         )
 

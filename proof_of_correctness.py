@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+import jwt
 import psycopg
 import requests
 
@@ -19,6 +20,7 @@ from local_server import wait_until_ready
 
 ITEM_ID = 1
 REFUSAL_CODES = {"sold_out", "limit_reached"}
+TOKEN_LIFETIME_SECONDS = 3600  # each buyer's token outlives the burst
 RETRY_ATTEMPTS = 8  # per logical purchase, with --retry
 RETRY_PAUSE_CAP_SECONDS = 5.0  # the most a Retry-After is honoured for
 BACKOFF_FIRST_SECONDS = 0.1  # without Retry-After: 0.1, 0.2, 0.4, ... up to the cap below
@@ -34,6 +36,7 @@ class Purchase:
     """One logical purchase: every attempt's answer, latency, time answered and the purchase id it got."""
     user_id: str
     key: str | None
+    token: str | None = None  # a bearer token for user_id, when the service verifies tokens
     answers: list = field(default_factory=list)  # (status or None, code), one per attempt
     latencies: list = field(default_factory=list)
     answered_at: list = field(default_factory=list)  # time.time(), one per attempt
@@ -77,6 +80,8 @@ def buy(purchase):
     """Send one logical purchase; with --retry, repeat it with the same key after a 502, 503, 504
     or transport error."""
     headers = {"Idempotency-Key": purchase.key} if purchase.key else {}
+    if purchase.token:
+        headers["Authorization"] = f"Bearer {purchase.token}"
     body = {"item_id": ITEM_ID, "user_id": purchase.user_id, "quantity": 1}
     for attempt in range(options.attempts):
         started = time.perf_counter()
@@ -202,6 +207,7 @@ def parse_options(argv):
         url = configuration.base_url(environ.get("API_URL") or "http://127.0.0.1:8000")
         requests_default = configuration.number(environ, "TOTAL_REQUESTS", 1000, int, 1)
         processes_default = configuration.number(environ, "CONCURRENT_PROCESSES", 50, int, 1)
+        auth = configuration.auth_settings(environ)
     except configuration.ConfigError as exc:
         parser.error(f"invalid configuration: {exc}")
     parser.add_argument("--url", default=url, help="API_URL: the service, http://host:port")
@@ -218,6 +224,9 @@ def parse_options(argv):
                         help="give each purchase an Idempotency-Key and retry 502s, 503s, 504s and "
                              "transport errors")
     parser.add_argument("--wait", type=float, default=30.0, help="seconds to wait for /readyz")
+    parser.add_argument("--token-secret", default=auth["auth_jwt_secret"],
+                        help="AUTH_JWT_SECRET: sign one bearer token per buyer with it (default: none, "
+                             "for a service in open mode)")
     options = parser.parse_args(argv)
     if not options.database_url:
         parser.error("DATABASE_URL is not set (environment, .env or --database-url)")
@@ -227,13 +236,28 @@ def parse_options(argv):
         parser.error(str(exc).replace("API_URL", "--url"))
     options.max_per_user = options.max_per_user or options.stock
     options.attempts = RETRY_ATTEMPTS if options.retry else 1
+    # The tokens carry what the service checks: its audience and issuer, its first HMAC algorithm.
+    hmac_algorithms = [name for name in auth["auth_jwt_algorithms"] if name.startswith("HS")]
+    options.token_algorithm = hmac_algorithms[0] if hmac_algorithms else "HS256"
+    options.token_claims = {name: value for name, value in [("aud", auth["auth_jwt_audience"]),
+                                                            ("iss", auth["auth_jwt_issuer"])] if value}
     return options
+
+
+def mint_token(options, user_id):
+    """The bearer token the shop's identity provider would give this buyer."""
+    claims = {"sub": user_id, "exp": int(time.time()) + TOKEN_LIFETIME_SECONDS, **options.token_claims}
+    return jwt.encode(claims, options.token_secret, algorithm=options.token_algorithm)
 
 
 def make_purchases(options):
     users = options.users or options.requests
-    return [Purchase(user_id=f"user-{index % users}", key=str(uuid.uuid4()) if options.retry else None)
-            for index in range(options.requests)]
+    purchases = [Purchase(user_id=f"user-{index % users}", key=str(uuid.uuid4()) if options.retry else None)
+                 for index in range(options.requests)]
+    if options.token_secret:
+        for purchase in purchases:
+            purchase.token = mint_token(options, purchase.user_id)
+    return purchases
 
 
 def main(argv=None):
@@ -248,7 +272,8 @@ def main(argv=None):
         print(f"FAILURE: the service at {options.url} was not ready within {options.wait:.0f} s")
         return 1
     print(f"Burst: {options.requests} purchases from {options.processes} processes at {options.url}, "
-          f"{options.stock} units on sale")
+          f"{options.stock} units on sale, "
+          + ("each buyer with its own bearer token" if options.token_secret else "no tokens (open mode)"))
     started = time.perf_counter()
     purchases = run_burst(options, make_purchases(options))
     seconds = time.perf_counter() - started

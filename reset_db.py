@@ -1,4 +1,8 @@
-"""Drop and recreate the schema from queries/, then put the items on sale."""
+"""Drop every table, make the schema again through the migrations, then put new items on sale.
+
+For the proof, the benchmark and tests; a sale of your own is made with `flask --app app sale
+create`. On a database that holds purchases it says what it would delete and stops unless given
+--yes."""
 import argparse
 import sys
 from datetime import datetime
@@ -6,24 +10,34 @@ from datetime import datetime
 import psycopg
 
 import db
+import schema
 import settings as configuration
-
-SCHEMA = ["drop_schema", "create_items", "create_purchases"]
 
 
 def reset(stock=100, items=1, max_per_user=None, sale_starts_at=None, sale_ends_at=None,
           database_url=None):
-    """Recreate the tables and seed items 1..items with `stock` units each."""
+    """Drop the tables, migrate, and seed items 1..items with `stock` units each. Asks nothing."""
+    with db.connect(database_url) as conn, schema.migration_lock(conn):
+        with conn.transaction():
+            conn.execute(db.query("drop_schema"))
+        schema.apply_pending(conn)
+        with conn.transaction():
+            conn.execute(db.query("seed_items"), {
+                "count": items,
+                "stock": stock,
+                "max_per_user": max_per_user or max(stock, 1),
+                "sale_starts_at": sale_starts_at,
+                "sale_ends_at": sale_ends_at,
+            })
+
+
+def contents(database_url=None):
+    """(items, purchases) the database holds now; (0, 0) before it has the tables."""
     with db.connect(database_url) as conn, conn.transaction():
-        for name in SCHEMA:
-            conn.execute(db.query(name))
-        conn.execute(db.query("seed_items"), {
-            "count": items,
-            "stock": stock,
-            "max_per_user": max_per_user or max(stock, 1),
-            "sale_starts_at": sale_starts_at,
-            "sale_ends_at": sale_ends_at,
-        })
+        if not conn.execute(db.query("sales_tables_exist")).fetchone()["exist"]:
+            return 0, 0
+        row = conn.execute(db.query("count_items_and_purchases")).fetchone()
+    return row["items"], row["purchases"]
 
 
 def main(argv=None):
@@ -33,11 +47,18 @@ def main(argv=None):
     parser.add_argument("--max-per-user", type=int, help="units one user may buy of an item (default: the stock)")
     parser.add_argument("--sale-starts-at", type=datetime.fromisoformat, help="ISO 8601 time the sale opens")
     parser.add_argument("--sale-ends-at", type=datetime.fromisoformat, help="ISO 8601 time the sale closes")
+    parser.add_argument("--yes", action="store_true",
+                        help="delete the purchases the database holds without asking")
     args = parser.parse_args(argv)
     if args.stock < 0 or args.items < 1 or (args.max_per_user is not None and args.max_per_user < 1):
         parser.error("--stock must be >= 0, --items >= 1 and --max-per-user >= 1")
     database_url = configuration.load_or_exit().database_url
     try:
+        items, purchases = contents(database_url)
+        if purchases:
+            print(f"reset_db: this deletes {items} item(s) and {purchases} purchase(s).", file=sys.stderr)
+            if not args.yes:
+                sys.exit("reset_db: nothing deleted; run again with --yes to delete them.")
         reset(args.stock, args.items, args.max_per_user, args.sale_starts_at, args.sale_ends_at, database_url)
     except psycopg.Error as exc:
         sys.exit(f"reset_db: cannot reset the database: {exc}")

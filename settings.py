@@ -35,6 +35,15 @@ class Settings:
     sold_out_cache: float
     total_requests: int
     concurrent_processes: int
+    # nginx in front (deploy/nginx.py): requests/s per client address, 0 for no limit
+    nginx_rate_limit: int
+    # Buyer identity (docs/auth.md): bearer tokens verified with a secret or a public key, else open mode.
+    auth_jwt_secret: str | None
+    auth_jwt_public_key: str | None  # PEM text
+    auth_jwt_algorithms: tuple
+    auth_jwt_audience: str | None
+    auth_jwt_issuer: str | None
+    auth_jwt_leeway: float
 
 
 def environment():
@@ -93,7 +102,107 @@ def from_environ(environ):
         sold_out_cache=number(environ, "SOLD_OUT_CACHE_SECONDS", 0.5, float, 0.0),
         total_requests=number(environ, "TOTAL_REQUESTS", 1000, int, 1),
         concurrent_processes=number(environ, "CONCURRENT_PROCESSES", 50, int, 1),
+        # nginx in front (deploy/nginx.py)
+        nginx_rate_limit=number(environ, "NGINX_RATE_LIMIT", 0, int, 0),
+        **auth_settings(environ),
     )
+
+
+# Buyer identity: the settings of auth.py, checked here so that a bad one stops start-up.
+MIN_SECRET_BYTES = 32
+HMAC_ALGORITHMS = {"HS256": 32, "HS384": 48, "HS512": 64}  # each with its shortest secret (RFC 7518 3.2)
+KEY_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+def public_key_pem(raw):
+    """AUTH_JWT_PUBLIC_KEY as PEM text: the value itself (literal \\n allowed, as one line of an
+    environment variable), or the contents of the file it names."""
+    if raw.startswith("-----BEGIN"):
+        return raw.replace("\\n", "\n")
+    try:
+        return Path(raw).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"AUTH_JWT_PUBLIC_KEY is neither a PEM nor a readable PEM file: {raw!r} "
+                          f"({exc.__class__.__name__})") from None
+
+
+def key_algorithms(pem, names):
+    """The algorithms that verify with this public key: `names`, each checked against the key,
+    or else the one algorithm the key's type implies."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    from jwt.algorithms import get_default_algorithms
+
+    try:
+        key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"AUTH_JWT_PUBLIC_KEY is not a PEM public key: {exc}") from None
+    known = get_default_algorithms()
+
+    def fits(name):
+        try:
+            known[name].prepare_key(key)
+        except Exception:  # PyJWT's InvalidKeyError, or a TypeError for the wrong key class
+            return False
+        return True
+
+    names = names or [next((name for name in KEY_ALGORITHMS if fits(name)), "RS256")]
+    for name in names:
+        if name not in KEY_ALGORITHMS:
+            raise ConfigError(f"AUTH_JWT_ALGORITHMS: {name!r} is not one of {', '.join(KEY_ALGORITHMS)} "
+                              f"(a public key verifies these)")
+        if not fits(name):
+            raise ConfigError(f"AUTH_JWT_ALGORITHMS: {name} does not fit the key of AUTH_JWT_PUBLIC_KEY")
+        weak = known[name].check_key_length(key)
+        if weak:
+            raise ConfigError(f"AUTH_JWT_PUBLIC_KEY is too weak: {weak}")
+    return tuple(names)
+
+
+def auth_settings(environ):
+    """The auth_jwt_* fields of Settings. The algorithms come from configuration only, never
+    from a token, and one kind of key serves one family of algorithms."""
+    def text(name):
+        return (environ.get(name) or "").strip() or None
+
+    secret, key = text("AUTH_JWT_SECRET"), text("AUTH_JWT_PUBLIC_KEY")
+    names = [name.strip() for name in (text("AUTH_JWT_ALGORITHMS") or "").split(",") if name.strip()]
+    if secret and key:
+        raise ConfigError("set AUTH_JWT_SECRET (HS256) or AUTH_JWT_PUBLIC_KEY (RS256/ES256), not both")
+    if secret:
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"AUTH_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes, "
+                              f"got {len(secret.encode())}")
+        from jwt.algorithms import HMACAlgorithm
+        from jwt.exceptions import InvalidKeyError
+        try:  # once here: auth.py does not check the secret again for every token
+            HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
+        except InvalidKeyError:
+            raise ConfigError("AUTH_JWT_SECRET looks like a key or certificate; an HMAC secret is "
+                              "random bytes (a public key goes in AUTH_JWT_PUBLIC_KEY)") from None
+        names = names or ["HS256"]
+        for name in names:
+            if name not in HMAC_ALGORITHMS:
+                raise ConfigError(f"AUTH_JWT_ALGORITHMS: {name!r} is not one of {', '.join(HMAC_ALGORITHMS)} "
+                                  f"(AUTH_JWT_SECRET verifies these)")
+            if len(secret.encode()) < HMAC_ALGORITHMS[name]:
+                raise ConfigError(f"AUTH_JWT_SECRET must be at least {HMAC_ALGORITHMS[name]} bytes for {name}")
+        algorithms = tuple(names)
+    elif key:
+        key = public_key_pem(key)
+        algorithms = key_algorithms(key, names)
+    else:
+        algorithms = ()
+        stray = [name for name in ("AUTH_JWT_ALGORITHMS", "AUTH_JWT_AUDIENCE", "AUTH_JWT_ISSUER") if text(name)]
+        if stray:  # meant to verify tokens, but forgot the key: do not run open
+            raise ConfigError(f"{stray[0]} is set, but neither AUTH_JWT_SECRET nor AUTH_JWT_PUBLIC_KEY is")
+    return {
+        "auth_jwt_secret": secret,
+        "auth_jwt_public_key": key,
+        "auth_jwt_algorithms": algorithms,
+        "auth_jwt_audience": text("AUTH_JWT_AUDIENCE"),
+        "auth_jwt_issuer": text("AUTH_JWT_ISSUER"),
+        "auth_jwt_leeway": number(environ, "AUTH_JWT_LEEWAY_SECONDS", 30, float, 0),
+    }
 
 
 @cache

@@ -9,11 +9,15 @@
 import argparse
 import json
 import random
+import secrets
 import subprocess
 import sys
 import time
 import uuid
+from functools import cache
 from pathlib import Path
+
+import jwt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -21,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import db  # noqa: E402
 import reset_db  # noqa: E402
 import settings as configuration  # noqa: E402
+from deploy.nginx import GunicornBehindNginx  # noqa: E402
 from local_server import LocalServer  # noqa: E402
 
 BENCH = ROOT / "bench"
@@ -67,6 +72,53 @@ def gunicorn(workers, app="app:app", **env):
 # name -> (off, on), each a function of the worker count that returns a server to measure
 # (a context manager with `url`; its optional `wrk_args` are passed to buy.lua).
 FEATURES = {}
+
+# Verified tokens: the same gunicorn in open mode against verified mode (HS256). The load is a
+# crowd of BUYERS, each with one token for the whole sale, as an identity provider hands them
+# out; each wrk thread sends them in turn from a random place, so a buyer comes back every
+# BUYERS requests and a worker verifies each token once, then finds it in its cache. With
+# BUYERS = 200_000 every request carries a token not seen before (docs/auth.md has both figures).
+BUYERS = 1_000
+TOKEN_LIFETIME_SECONDS = 3 * 3600
+NO_AUTH = {"AUTH_JWT_SECRET": "", "AUTH_JWT_PUBLIC_KEY": "", "AUTH_JWT_ALGORITHMS": "",
+           "AUTH_JWT_AUDIENCE": "", "AUTH_JWT_ISSUER": ""}
+
+
+@cache
+def token_file():
+    """(secret, path): a fresh secret, and a file of "sub token" lines for buy.lua."""
+    secret = secrets.token_hex(32)
+    expires = int(time.time()) + TOKEN_LIFETIME_SECONDS
+    path = BENCH / "results" / "tokens.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run = uuid.uuid4().hex[:8]
+    lines = (f"{run}-{n} {jwt.encode({'sub': f'{run}-{n}', 'exp': expires}, secret, 'HS256')}\n"
+             for n in range(BUYERS))
+    path.write_text("".join(lines))
+    return secret, path
+
+
+def open_mode(workers):
+    return gunicorn(workers, **NO_AUTH)
+
+
+def verified_mode(workers):
+    secret, path = token_file()
+    server = gunicorn(workers, **{**NO_AUTH, "AUTH_JWT_SECRET": secret, "AUTH_JWT_ALGORITHMS": "HS256"})
+    server.wrk_args = (str(path),)
+    return server
+
+
+FEATURES["verified tokens"] = (open_mode, verified_mode)
+
+
+def behind_nginx(workers, app="app:app", **env):
+    """The same gunicorn on a unix socket, with nginx in front on a loopback address of its own.
+    nginx keeps wrk's connections open, which gunicorn's sync worker cannot."""
+    return GunicornBehindNginx(app, host=fresh_host(), WEB_CONCURRENCY=str(workers), **env)
+
+
+FEATURES["nginx"] = (gunicorn, behind_nginx)
 
 
 def wrk(url, seconds, connections, items=1, limit=None, extra=()):
@@ -151,6 +203,9 @@ def feature_cost(database_url, seconds, workers, rounds, off, on, name):
             lambda: service_run(database_url, seconds, workers, stock, serve=off, what=f"{name} off, {kind}"),
             lambda: service_run(database_url, seconds, workers, stock, serve=on, what=f"{name} on, {kind}"),
             rounds)
+        refused = {status: count for status, count in measured["statuses"].items() if status in ("401", "403", "422")}
+        if refused:  # the load itself was wrong (a token refused, say): its speed would mean nothing
+            sys.exit(f"feature {name} on, {kind}: the service refused the requests: {refused}")
         cost[kind] = {"off": baseline["per_second"], "on": measured["per_second"],
                       "ratios": measured["ratios"], "ratio": sorted(measured["ratios"])[rounds // 2]}
     return cost

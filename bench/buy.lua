@@ -1,8 +1,10 @@
 -- wrk script: POST /buy_ticket with a distinct user per request.
 -- Arguments (after --): items (buy items 1..items at random, default 1), run name (user prefix),
--- limit (stop after this many answers in all), threads (wrk's -t, to share the limit).
+-- limit (stop after this many answers in all), threads (wrk's -t, to share the limit), and,
+-- for a service that verifies tokens, a file of "user token" lines (bench.py's token_file()).
 -- Each user id ends with the time its request was sent; a 201 echoes it, which gives the
--- latency of every purchase. Prints one line "RESULT {json}": statuses, latency percentiles of
+-- latency of every purchase; with tokens, the user is the token's and its send time is kept here
+-- until the 201 names it. Prints one line "RESULT {json}": statuses, latency percentiles of
 -- all answers and of the 201s alone, the time of the last 201 (sold_out_seconds) and of the
 -- last answer, both counted from the first request.
 local ffi = require("ffi")
@@ -32,10 +34,31 @@ function init(args)
     sent, answered, statuses, purchase_ms = 0, 0, {}, {}
     started, last_created, last_answer = now(), 0, 0
     math.randomseed(id * 7919 + os.time())
+    if args[5] then load_tokens(args[5]) end
+end
+
+-- Verified mode: each request sends the next buyer's token of the file, from a random place in it.
+function load_tokens(path)
+    users, tokens, sent_times = {}, {}, {}
+    for line in io.lines(path) do
+        local user, token = line:match("^(%S+) (%S+)$")
+        table.insert(users, user)
+        table.insert(tokens, token)
+    end
+    first_token = math.random(#tokens)
+end
+
+local function token_request()
+    local index = (first_token + sent) % #tokens + 1
+    sent_times[users[index]] = now()
+    local body = string.format('{"item_id": %d}', math.random(items))
+    return wrk.format("POST", "/buy_ticket", { ["Content-Type"] = "application/json",
+                                               ["Authorization"] = "Bearer " .. tokens[index] }, body)
 end
 
 function request()
     sent = sent + 1
+    if tokens then return token_request() end
     local user = string.format("%s-%d-%d-%.6f", run, id, sent, now())
     local body = string.format('{"item_id": %d, "user_id": "%s"}', math.random(items), user)
     return wrk.format("POST", "/buy_ticket", { ["Content-Type"] = "application/json" }, body)
@@ -47,7 +70,14 @@ function response(status, headers, body)
     statuses[tostring(status)] = (statuses[tostring(status)] or 0) + 1
     if status == 201 then
         last_created = last_answer
-        local sent_at = tonumber(body:match('"user_id": "[^"]*%-([%d%.]+)"'))
+        local sent_at
+        if tokens then
+            local user = body:match('"user_id": "([^"]*)"')
+            sent_at = user and sent_times[user]
+            if user then sent_times[user] = nil end
+        else
+            sent_at = tonumber(body:match('"user_id": "[^"]*%-([%d%.]+)"'))
+        end
         if sent_at then table.insert(purchase_ms, (last_answer - sent_at) * 1000) end
     end
     if share and answered >= share then wrk.thread:stop() end

@@ -56,8 +56,12 @@ purchase AS (
     RETURNING id, item_id, quantity, remaining_after
 ),
 sale AS (
-    UPDATE items SET remaining = items.remaining - purchase.quantity
-    FROM purchase
+    -- The new values come from the locked row, not from `items`: the UPDATE first builds its row
+    -- from the version in the statement's snapshot and checks the constraints on that, before it
+    -- moves to the latest version. After a restock (`flask sale restock`) committed while this
+    -- statement waited for the lock, that older version may hold remaining 0 and less stock.
+    UPDATE items SET remaining = purchase.remaining_after, stock = item.stock
+    FROM purchase, item
     WHERE items.id = purchase.item_id
 )
 SELECT verdict.outcome,

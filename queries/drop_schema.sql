@@ -1,4 +1,5 @@
--- Drops every table of the service, with all their rows. Items first: purchases lock the item
--- row before they write a purchase, so taking the tables in that order cannot deadlock with them.
+-- Drops every table of the service, with all their rows, and the migrations' bookkeeping, so that
+-- the migrations make the schema again. Items first: purchases lock the item row before they
+-- write a purchase, so taking the tables in that order cannot deadlock with them.
 -- Parameters: none.
-DROP TABLE IF EXISTS items, purchases
+DROP TABLE IF EXISTS items, purchases, schema_migrations

@@ -1,5 +1,7 @@
 """Fixtures: the real PostgreSQL of DATABASE_URL, Flask's test client, and real gunicorn servers."""
+import dataclasses
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,7 +32,19 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 import app as service  # noqa: E402
 import db  # noqa: E402
 import reset_db  # noqa: E402
+import schema  # noqa: E402
+import settings as configuration  # noqa: E402
+from deploy import nginx  # noqa: E402
 from local_server import LocalServer  # noqa: E402
+from support import TOKEN_SECRET, StandInUpstream  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def schema_up_to_date():
+    """gunicorn refuses a database whose schema is older than the code: upgrade the test
+    database before any server starts."""
+    with db.connect() as connection:
+        schema.upgrade(connection)
 
 
 @pytest.fixture
@@ -61,6 +75,29 @@ def server():
         running.stop()
 
 
+@pytest.fixture(scope="session")
+def verified_app():
+    """The app in verified mode: HS256 tokens signed with support.TOKEN_SECRET."""
+    verified = configuration.auth_settings({"AUTH_JWT_SECRET": TOKEN_SECRET})
+    return service.create_app(dataclasses.replace(configuration.load(), **verified))
+
+
+@pytest.fixture
+def verified_client(reset, verified_app):
+    reset(stock=100)
+    return verified_app.test_client()
+
+
+@pytest.fixture(scope="session")
+def verified_server():
+    """One gunicorn in verified mode, with two workers, for the whole session."""
+    running = LocalServer(WEB_CONCURRENCY="2", AUTH_JWT_SECRET=TOKEN_SECRET)
+    try:
+        yield running.wait_ready()
+    finally:
+        running.stop()
+
+
 @pytest.fixture
 def start_server():
     """Start extra gunicorn servers with their own environment; all are stopped afterwards."""
@@ -75,9 +112,66 @@ def start_server():
         running.stop()
 
 
+@pytest.fixture
+def start_proxied():
+    """Start gunicorn servers behind nginx, with their own environment; all are stopped afterwards."""
+    started = []
+
+    def start(nginx_options=None, **env):
+        started.append(nginx.GunicornBehindNginx(nginx_options=nginx_options, **env))
+        return started[-1].wait_ready()
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def nginx_folder():
+    """A folder for one nginx and its stand-in upstreams' sockets, removed afterwards."""
+    folder = nginx.make_folder()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def start_nginx(nginx_folder):
+    """Start nginx in nginx_folder in front of these upstreams; stopped afterwards."""
+    started = []
+
+    def start(upstreams, **options):
+        started.append(nginx.Nginx(upstreams, folder=nginx_folder, **options))
+        return started[-1].wait_listening()
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def stand_in(nginx_folder):
+    """Start stand-in upstreams on unix sockets in nginx_folder; closed afterwards."""
+    started = []
+
+    def start(name, dying=False):
+        started.append(StandInUpstream(nginx_folder / f"{name}.sock", dying))
+        return started[-1]
+
+    yield start
+    for upstream in started:
+        upstream.close()
+
+
 def pytest_terminal_summary(terminalreporter):
-    """The fuzzing figures: how many generated requests were sent, how many got a 5xx."""
+    """The fuzzing figures: how many generated requests and tokens were sent, how many got a 5xx."""
     fuzz = sys.modules.get("test_fuzz")
     if fuzz is not None and fuzz.SENT["requests"]:
         terminalreporter.write_line(
             f"fuzz: {fuzz.SENT['requests']} generated requests, {fuzz.SENT['5xx']} answered 5xx")
+    behind_nginx = sys.modules.get("test_nginx")
+    if behind_nginx is not None and behind_nginx.FIGURES:
+        terminalreporter.write_line(f"nginx: {behind_nginx.FIGURES['slowloris']}")
+    tokens = sys.modules.get("test_auth_fuzz")
+    if tokens is not None and tokens.SENT["tokens"]:
+        terminalreporter.write_line(
+            f"token fuzz: {tokens.SENT['tokens']} generated tokens, {tokens.SENT['5xx']} answered 5xx")

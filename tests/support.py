@@ -1,9 +1,23 @@
 """What the tests share: requests through Flask's test client, raw sockets to real gunicorn,
-the database checks, and holding an item's row lock. conftest.py makes fixtures of them."""
+the database checks, holding an item's row lock, the `flask` command line, bursts of buyers
+around a command, and the slow clients and stand-in upstreams of the nginx tests. conftest.py
+makes fixtures of them."""
+import json
+import os
 import socket
+import subprocess
+import sys
+import threading
+import time
 from contextlib import contextmanager
+from pathlib import Path
+
+import jwt
 
 import db
+
+ROOT = Path(__file__).resolve().parent.parent
+FLASK = [str(Path(sys.executable).parent / "flask"), "--app", "app"]  # the virtualenv's own
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
 
@@ -73,3 +87,235 @@ def row_lock_held(item_id=1, database_url=None):
     with db.connect(database_url) as hog, hog.transaction():
         hog.execute(db.query("lock_item", db.TEST_QUERIES), {"item_id": item_id})
         yield
+
+
+@contextmanager
+def restock_held(item_id, units, database_url=None):
+    """Another session restocks the item and holds its row lock, uncommitted, until the block
+    ends: a purchase queued behind it then finds the restock committed."""
+    with db.connect(database_url) as hog, hog.transaction():
+        hog.execute(db.query("restock_item"), {"item_id": item_id, "units": units})
+        yield
+
+
+def wait_for_waiting_buyers(conn, count, attempts=500):
+    """Wait until `count` of the service's sessions wait for a lock; False if they never do."""
+    for _ in range(attempts):
+        if run_test_query(conn, "count_waiting_buyers",
+                          {"application_name": db.APPLICATION_NAME})[0]["waiting"] >= count:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def flask_command(*args, timeout=120, **env):
+    """`flask --app app ARGS...` in a real subprocess; `env` overrides the environment."""
+    return subprocess.run([*FLASK, *map(str, args)], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def run_test_query(conn, name, params=None):
+    """The rows of tests/queries/<name>.sql, in a transaction of their own."""
+    with conn.transaction():
+        cursor = conn.execute(db.query(name, db.TEST_QUERIES), params or {})
+        return cursor.fetchall() if cursor.description else []
+
+
+def make_legacy_database(conn, stock, items=1):
+    """The schema as reset_db.py made it before migrations (no schema_migrations), seeded."""
+    with conn.transaction():
+        conn.execute(db.query("drop_schema"))
+        conn.execute(db.query("legacy_create_items", db.TEST_QUERIES))
+        conn.execute(db.query("legacy_create_purchases", db.TEST_QUERIES))
+        conn.execute(db.query("legacy_seed_items", db.TEST_QUERIES),
+                     {"count": items, "stock": stock, "max_per_user": stock})
+
+
+BURST_WAIT_SECONDS = 120
+
+
+class Burst:
+    """Buyers in threads, each buying one unit of an item as a new user, through a real server,
+    until stopped. Every answer is kept with whether it was sent after `mark()`."""
+
+    def __init__(self, server, item_id, buyers=12, most_requests=20000):
+        self.server, self.item_id = server, item_id
+        self.answers = []  # (sent_after_mark, status, body)
+        self.lock = threading.Lock()
+        self.marked = threading.Event()
+        self.stopped = threading.Event()
+        per_buyer = most_requests // buyers
+        self.threads = [threading.Thread(target=self.buy, args=(number, per_buyer)) for number in range(buyers)]
+
+    def buy(self, number, requests):
+        for index in range(requests):
+            if self.stopped.is_set():
+                return
+            after_mark = self.marked.is_set()
+            response = self.server.buy(self.item_id, user_id=f"burst-{number}-{index}")
+            with self.lock:
+                self.answers.append((after_mark, response.status_code, response.json()))
+
+    def count(self, after_mark=False):
+        with self.lock:
+            return sum(1 for marked, _, _ in self.answers if marked or not after_mark)
+
+    def wait_for(self, answers, after_mark=False):
+        """Wait until that many answers have come (since the mark); False if they never do."""
+        deadline = time.monotonic() + BURST_WAIT_SECONDS
+        while self.count(after_mark) < answers:
+            if time.monotonic() > deadline or not any(thread.is_alive() for thread in self.threads):
+                return False
+            time.sleep(0.01)
+        return True
+
+    def mark(self):
+        self.marked.set()
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join()
+
+    def acknowledged_ids(self):
+        return [body["purchase_id"] for _, status, body in self.answers if status == 201]
+
+
+def burst_around(server, item_id, command, before=150, after=150):
+    """Run `command()` while buyers buy the item through `server`: `before` answers come first,
+    `after` answers follow its return. Returns (the command's result, the burst's answers)."""
+    with Burst(server, item_id) as burst:
+        assert burst.wait_for(before), "the burst did not start"
+        result = command()
+        burst.mark()
+        assert burst.wait_for(after, after_mark=True), "the burst stopped before the command returned"
+    return result, burst
+def parse_answer(answer):
+    """A raw HTTP answer as (status, headers with lower-case names, body bytes)."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(":", 1) for line in lines[1:])
+    return int(lines[0].split(" ", 2)[1]), {k.strip().lower(): v.strip() for k, v in headers.items()}, body
+
+
+def assert_raw_problem(answer, status, code):
+    """The raw answer is a problem+json with this status and code; returns its headers and body."""
+    got, headers, body = parse_answer(answer)
+    assert got == status, answer
+    assert headers["content-type"] == "application/problem+json", answer
+    problem = json.loads(body)
+    assert PROBLEM_FIELDS <= problem.keys()
+    assert problem["status"] == status and problem["code"] == code
+    return headers, problem
+
+
+class Slowloris:
+    """`count` connections that each send a request line, then one header line every `pause`
+    seconds and never the blank line that ends the headers. A connection the server drops is
+    opened again, as an attacker would. Runs in a thread from start() to stop()."""
+
+    def __init__(self, url, count, pause=1.0, max_seconds=120):
+        self.url, self.count, self.pause, self.max_seconds = url, count, pause, max_seconds
+        self.opened = self.dropped = 0
+        self.sockets = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def connect(self):
+        sock = open_socket(self.url, timeout=5)
+        sock.sendall(b"POST /buy_ticket HTTP/1.1\r\n")
+        self.opened += 1
+        return sock
+
+    def run(self):
+        self.sockets = [self.connect() for _ in range(self.count)]
+        self.all_open.set()
+        deadline = time.monotonic() + self.max_seconds
+        line = 0
+        while not self.stopping.wait(self.pause) and time.monotonic() < deadline:
+            line += 1
+            for index, sock in enumerate(self.sockets):
+                try:
+                    sock.sendall(f"X-Slow-{line}: {line}\r\n".encode())
+                except OSError:  # the server dropped it
+                    self.dropped += 1
+                    sock.close()
+                    self.sockets[index] = self.connect()
+
+    def start(self):
+        self.all_open = threading.Event()
+        self.thread.start()
+        if not self.all_open.wait(30):
+            raise RuntimeError("the slow connections could not all be opened")
+        return self
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(10)
+        for sock in self.sockets:
+            sock.close()
+
+
+class StandInUpstream:
+    """A stand-in for gunicorn on a unix socket: records each request's head, then answers
+    200 `{}`, or, `dying`, closes the connection unanswered as a worker killed mid-request does."""
+
+    def __init__(self, path, dying=False):
+        self.dying = dying
+        self.heads = []
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        os.chmod(path, 0o777)  # nginx's workers may run as another user; the folder guards it
+        self.listener.listen(64)
+        self.address = f"unix:{path}"
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            with connection:
+                connection.settimeout(5)
+                received = b""
+                while b"\r\n\r\n" not in received and (chunk := connection.recv(65536)):
+                    received += chunk
+                self.heads.append(received.partition(b"\r\n\r\n")[0].decode("latin-1"))
+                if not self.dying:
+                    connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                                       b"Content-Length: 2\r\n\r\n{}")
+
+    def header(self, index, name):
+        """The value of header `name` in the index-th request, or None."""
+        for line in self.heads[index].split("\r\n")[1:]:
+            key, _, value = line.partition(":")
+            if key.strip().lower() == name.lower():
+                return value.strip()
+        return None
+
+    def close(self):
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread waiting in accept()
+        except OSError:
+            pass
+        self.listener.close()
+# Verified mode: the tests' identity provider signs with this secret (HS256).
+TOKEN_SECRET = "tests-only-secret-" + "0123456789abcdef" * 4  # long enough for HS512 too
+
+
+def mint(sub="alice", secret=TOKEN_SECRET, algorithm="HS256", lifetime=300, headers=None, **claims):
+    """A signed token for `sub`, valid for `lifetime` seconds; `claims` add or override claims
+    (None removes one)."""
+    payload = {"sub": sub, "exp": int(time.time()) + lifetime, **claims}
+    payload = {name: value for name, value in payload.items() if value is not None}
+    return jwt.encode(payload, secret, algorithm=algorithm, headers=headers)
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}

@@ -43,7 +43,7 @@ def test_reset_db_fails_loudly_when_the_database_is_unreachable():
 
 
 def test_reset_db_prints_what_it_did(conn):
-    result = run([sys.executable, "reset_db.py", "--stock", "7", "--items", "3", "--max-per-user", "2"])
+    result = run([sys.executable, "reset_db.py", "--stock", "7", "--items", "3", "--max-per-user", "2", "--yes"])
     assert result.returncode == 0, result.stderr
     assert "3 item(s) with 7 units each, at most 2 per user" in result.stdout
     rows = conn.execute("SELECT id, stock, remaining, max_per_user FROM items ORDER BY id").fetchall()

@@ -1,4 +1,4 @@
--- Creates the purchases. Every purchase has an idempotency key: the client's
+-- Migration 0002. Creates the purchases. Every purchase has an idempotency key: the client's
 -- Idempotency-Key header, or one the server made up for a request without it, so
 -- that a retry after a lost connection finds the purchase instead of selling twice.
 -- `bought_before` is how many units of the item the user had bought before this purchase:
@@ -7,8 +7,9 @@
 -- also serves the user's total for the item.
 -- `remaining_after` is the item's remaining stock right after this purchase,
 -- kept so that a replay answers with the original body.
+-- IF NOT EXISTS: a database made before migrations has the table already, as this makes it.
 -- Parameters: none.
-CREATE TABLE purchases (
+CREATE TABLE IF NOT EXISTS purchases (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     item_id integer NOT NULL REFERENCES items (id),
     user_id text NOT NULL CHECK (char_length(user_id) BETWEEN 1 AND 64),

@@ -1,6 +1,8 @@
--- Creates the items on sale. `remaining` only ever goes down, under the item's row lock.
+-- Migration 0001. Creates the items on sale. `remaining` goes down by purchases, under the item's
+-- row lock, and up only by `flask sale restock`, which raises `stock` as much.
+-- IF NOT EXISTS: a database made before migrations has the table already, as this makes it.
 -- Parameters: none.
-CREATE TABLE items (
+CREATE TABLE IF NOT EXISTS items (
     id integer PRIMARY KEY CHECK (id >= 1),
     name text NOT NULL,
     stock integer NOT NULL CHECK (stock >= 0),

@@ -1,0 +1,384 @@
+"""Command line of the service, under `flask --app app`: `db` for the schema, `sale` for the sales.
+
+Registered by app.create_app() (init_app). Every statement is short and runs in its own
+transaction: a command never holds an item's row lock longer than one UPDATE, so it may run while
+a burst is being served. Bad input, a missing item or an unreachable database gives one line on
+stderr and exit status 2, and nothing is written."""
+import csv
+import itertools
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import psycopg
+
+import db
+import schema
+import settings as configuration
+
+MAX_INT = 2**31 - 1  # PostgreSQL integer
+MAX_NAME_LENGTH = 200
+LIST_PAGE_SIZE = 100
+EXPORT_BATCH_ROWS = 5000  # rows fetched from the server-side cursor at a time
+EXPORT_PROGRESS_ROWS = 100_000
+NAME_COLUMN_WIDTH = 30
+EXPORT_COLUMNS = ["purchase_id", "user_id", "quantity", "created_at"]
+
+
+class CommandError(click.ClickException):
+    """One line on stderr and exit status 2."""
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(self.format_message(), err=True)
+
+
+def first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+class OneLineGroup(click.Group):
+    """A command group whose errors are one line: click's usage errors (a missing option, a bad
+    number) lose their usage text, and database errors lose their traceback."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `flask sale` alone prints the help
+        except click.UsageError as exc:
+            raise CommandError(usage_line(exc, self.name)) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise CommandError(usage_line(exc, self.name)) from None
+        except psycopg.OperationalError as exc:
+            raise CommandError(f"{invoked(ctx)}: cannot reach the database: {first_line(exc)}") from None
+        except psycopg.Error as exc:
+            raise CommandError(f"{invoked(ctx)}: the database refused: {first_line(exc)}") from None
+
+
+def command_name(ctx):
+    """`flask sale show`, however flask was started (`python -m flask` say)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["flask", *reversed(names)])
+
+
+def invoked(ctx):
+    """The command that failed: the group's context names the sub-command it was running."""
+    return " ".join(filter(None, [command_name(ctx), ctx.invoked_subcommand]))
+
+
+def usage_line(exc, group):
+    path = command_name(exc.ctx) if exc.ctx else f"flask {group}"
+    return f"{path}: {exc.format_message()} (see --help)"
+
+
+class Timestamp(click.ParamType):
+    """An ISO-8601 time with its zone: a time without one could mean any moment."""
+    name = "ISO-8601"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, datetime):
+            return value
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO-8601 time, e.g. 2026-12-01T10:00:00+01:00", param, ctx)
+        if moment.tzinfo is None:
+            self.fail(f"{value!r} has no time zone: add one, e.g. {value}Z for UTC or {value}+01:00",
+                      param, ctx)
+        return moment
+
+
+ITEM_ID = click.IntRange(1, MAX_INT)
+UNITS = click.IntRange(1, MAX_INT)
+
+
+def utc(moment):
+    """A time as ISO-8601 in UTC, to the second: 2026-12-01T10:00:00Z."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def precise_utc(moment):
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def window(item):
+    starts, ends = item["sale_starts_at"], item["sale_ends_at"]
+    if starts and ends:
+        return f"{utc(starts)} to {utc(ends)}"
+    if starts:
+        return f"from {utc(starts)}"
+    if ends:
+        return f"until {utc(ends)}"
+    return "always"
+
+
+def state(item):
+    return item["state"].replace("_", " ")  # list_items.sql says 'sold_out'
+
+
+def run(conn, name, params=None):
+    """The rows of queries/<name>.sql, in a transaction of their own."""
+    with conn.transaction():
+        return conn.execute(db.query(name), params or {}).fetchall()
+
+
+def find_item(conn, item_id, command):
+    """The item's row of list_items.sql (which holds the one definition of a sale's state), or a
+    CommandError. list_items answers the items after an id: the first after item_id - 1."""
+    rows = run(conn, "list_items", {"after": item_id - 1, "limit": 1})
+    if not rows or rows[0]["id"] != item_id:
+        raise CommandError(f"flask sale {command}: there is no item {item_id}")
+    return rows[0]
+
+
+def stats(conn, item_ids):
+    """item id -> its row of sale_stats.sql."""
+    rows = run(conn, "sale_stats", {"item_ids": list(item_ids)})
+    return {row["item_id"]: row for row in rows}
+
+
+def init_app(app):
+    app.cli.add_command(db_group)
+    app.cli.add_command(sale_group)
+
+
+# --- flask db ---------------------------------------------------------------------------------
+
+@click.group("db", cls=OneLineGroup)
+def db_group():
+    """The database schema: numbered migrations in queries/migrations/."""
+
+
+@db_group.command("upgrade")
+def db_upgrade():
+    """Apply the migrations the database lacks, in order, each in its own transaction.
+
+    Safe to run at any time and from several places at once: an advisory lock makes them take
+    turns, and a migration applied once is never applied again."""
+    def progress(migration):
+        click.echo(f"Applying {migration.label} ...")
+
+    with db.connect() as conn:
+        applied = schema.upgrade(conn, progress)
+    total = len(schema.migrations())
+    click.echo(f"Schema up to date: {total} migrations, {len(applied)} applied now.")
+
+
+@db_group.command("status")
+def db_status():
+    """List the code's migrations and when each was applied to the database."""
+    with db.connect() as conn:
+        missing = {migration.version for migration in schema.pending(conn)}
+        applied = {}
+        if len(missing) < len(schema.migrations()):
+            applied = {row["version"]: row["applied_at"] for row in run(conn, "list_applied_migrations")}
+    for migration in schema.migrations():
+        when = "pending" if migration.version in missing else f"applied {utc(applied[migration.version])}"
+        click.echo(f"{migration.label:<40} {when}")
+    unknown = sorted(applied.keys() - {migration.version for migration in schema.migrations()})
+    if unknown:
+        click.echo(f"Applied but unknown to this code (a newer version made them): {unknown}")
+    if missing:
+        click.echo(f"{len(missing)} pending: run `{schema.UPGRADE_COMMAND}`.")
+
+
+# --- flask sale -------------------------------------------------------------------------------
+
+@click.group("sale", cls=OneLineGroup)
+def sale_group():
+    """Create and run sales: every command may run while buyers are being served."""
+
+
+@sale_group.command("create")
+@click.option("--name", required=True, help="what is sold, as buyers see it")
+@click.option("--stock", type=UNITS, required=True, help="units on sale, a whole number >= 1")
+@click.option("--max-per-user", type=UNITS, help="units one user may buy (default: the stock)")
+@click.option("--starts-at", type=Timestamp(), help="when the sale opens, ISO-8601 with a zone (default: now)")
+@click.option("--ends-at", type=Timestamp(), help="when it closes, ISO-8601 with a zone (default: never)")
+def sale_create(name, stock, max_per_user, starts_at, ends_at):
+    """Put a new item on sale and print its id."""
+    name = name.strip()
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        raise CommandError(f"flask sale create: --name must be 1 to {MAX_NAME_LENGTH} characters")
+    if starts_at and ends_at and ends_at <= starts_at:
+        raise CommandError("flask sale create: --ends-at must come after --starts-at")
+    if ends_at and ends_at <= datetime.now(timezone.utc):
+        raise CommandError("flask sale create: --ends-at is in the past")
+    with db.connect() as conn:
+        row = run(conn, "create_item", {
+            "name": name, "stock": stock, "max_per_user": max_per_user or stock,
+            "sale_starts_at": starts_at, "sale_ends_at": ends_at,
+        })[0]
+    click.echo(row["id"])
+
+
+def list_rows(conn):
+    """Every item, page by page, each with its buyers."""
+    after = 0
+    for _ in itertools.count():
+        page = run(conn, "list_items", {"after": after, "limit": LIST_PAGE_SIZE})
+        found = stats(conn, (item["id"] for item in page))
+        for item in page:
+            yield item, found.get(item["id"], {}).get("buyers", 0)
+        if len(page) < LIST_PAGE_SIZE:
+            return
+        after = page[-1]["id"]
+
+
+def short(name):
+    return name if len(name) <= NAME_COLUMN_WIDTH else name[: NAME_COLUMN_WIDTH - 3] + "..."
+
+
+@sale_group.command("list")
+def sale_list():
+    """Print every sale: id, name, stock, sold, remaining, buyers, window and state."""
+    with db.connect() as conn:
+        rows = [[str(item["id"]), short(item["name"]), str(item["stock"]), str(item["sold"]),
+                 str(item["remaining"]), str(buyers), window(item), state(item)]
+                for item, buyers in list_rows(conn)]
+    header = ["id", "name", "stock", "sold", "remaining", "buyers", "window", "state"]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    right = {0, 2, 3, 4, 5}  # numbers
+    for row in [header, *rows]:
+        cells = [cell.rjust(width) if index in right else cell.ljust(width)
+                 for index, (cell, width) in enumerate(zip(row, widths))]
+        click.echo("  ".join(cells).rstrip())
+    if not rows:
+        click.echo("(no items: create one with `flask --app app sale create`)")
+
+
+def sell_out_seconds(item, found):
+    """Seconds from the sale's opening (its window's start, or its first sale) to the sale of its
+    last unit; None while units remain."""
+    if item["remaining"] > 0 or not found:
+        return None
+    opened = found["first_sale_at"]
+    if item["sale_starts_at"] is not None:
+        opened = min(opened, item["sale_starts_at"])
+    return (found["last_sale_at"] - opened).total_seconds()
+
+
+@sale_group.command("show")
+@click.argument("item_id", metavar="ID", type=ITEM_ID)
+def sale_show(item_id):
+    """Print one sale: its figures, window and state, its first and last sale, and how long it
+    took to sell out."""
+    with db.connect() as conn:
+        item = find_item(conn, item_id, "show")
+        found = stats(conn, [item_id]).get(item_id)
+    seconds = sell_out_seconds(item, found)
+    lines = [
+        ("id", item["id"]),
+        ("name", item["name"]),
+        ("state", state(item)),
+        ("stock", item["stock"]),
+        ("sold", item["sold"]),
+        ("remaining", item["remaining"]),
+        ("buyers", found["buyers"] if found else 0),
+        ("max per user", item["max_per_user"]),
+        ("window", window(item)),
+        ("first sale", precise_utc(found["first_sale_at"]) if found else "-"),
+        ("last sale", precise_utc(found["last_sale_at"]) if found else "-"),
+        ("sold out in", f"{seconds:.3f} s" if seconds is not None else "-"),
+    ]
+    for label, value in lines:
+        click.echo(f"{label + ':':<14}{value}")
+
+
+@sale_group.command("end")
+@click.argument("item_id", metavar="ID", type=ITEM_ID)
+def sale_end(item_id):
+    """Close the sale's window now. A sale that has not started yet never opens."""
+    with db.connect() as conn:
+        rows = run(conn, "end_sale", {"item_id": item_id})
+    if not rows:
+        raise CommandError(f"flask sale end: there is no item {item_id}")
+    click.echo(f"Item {item_id}: sale window {window(rows[0])}; purchases from now on answer sale_ended.")
+
+
+@sale_group.command("restock")
+@click.argument("item_id", metavar="ID", type=ITEM_ID)
+@click.argument("units", metavar="N", type=UNITS)
+def sale_restock(item_id, units):
+    """Add N units to the sale's stock.
+
+    A worker that has just seen the item sold out keeps answering sold_out for up to
+    SOLD_OUT_CACHE_SECONDS before it sells the new units."""
+    try:
+        with db.connect() as conn:
+            rows = run(conn, "restock_item", {"item_id": item_id, "units": units})
+    except psycopg.errors.NumericValueOutOfRange:
+        raise CommandError(f"flask sale restock: item {item_id}'s stock would exceed {MAX_INT}") from None
+    if not rows:
+        raise CommandError(f"flask sale restock: there is no item {item_id}")
+    cache = configuration.load().sold_out_cache
+    click.echo(f"Item {item_id}: +{units} units, stock {rows[0]['stock']}, remaining "
+               f"{rows[0]['remaining']}. Workers that saw it sold out sell again within {cache:g} s "
+               f"(SOLD_OUT_CACHE_SECONDS).")
+
+
+def export_rows(conn, item_id):
+    """The item's purchases as CSV rows, streamed through a server-side cursor in batches."""
+    with conn.transaction(), conn.cursor(name=f"export_item_{item_id}") as cursor:
+        cursor.itersize = EXPORT_BATCH_ROWS
+        cursor.execute(db.query("export_purchases"), {"item_id": item_id})
+        for row in cursor:
+            yield [row["purchase_id"], row["user_id"], row["quantity"], precise_utc(row["created_at"])]
+
+
+def write_csv(conn, item_id, out, progress):
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EXPORT_COLUMNS)
+    count = 0
+    for count, row in enumerate(export_rows(conn, item_id), start=1):
+        writer.writerow(row)
+        if count % EXPORT_PROGRESS_ROWS == 0:
+            progress(f"  {count} purchases written")
+    return count
+
+
+@sale_group.command("export")
+@click.argument("item_id", metavar="ID", type=ITEM_ID)
+@click.option("--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="the CSV file to write (default: standard output)")
+def sale_export(item_id, output):
+    """Write the sale's purchases as CSV for fulfilment: purchase_id, user_id, quantity,
+    created_at (UTC). Streams: a million rows never sit in memory. The file appears only when
+    complete."""
+    def progress(line):
+        click.echo(line, err=True)
+
+    with db.connect() as conn:
+        find_item(conn, item_id, "export")
+        if output is None:
+            count = write_csv(conn, item_id, sys.stdout, progress)
+        else:
+            count = write_file(conn, item_id, output, progress)
+    progress(f"Exported {count} purchases of item {item_id}" + (f" to {output}" if output else "") + ".")
+
+
+def write_file(conn, item_id, output, progress):
+    """Write to a temporary file beside `output`, renamed over it when complete, so that a failed
+    export leaves nothing behind."""
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.part")
+    try:
+        with open(temporary, "x", newline="") as out:
+            count = write_csv(conn, item_id, out, progress)
+        os.replace(temporary, output)
+    except OSError as exc:
+        raise CommandError(f"flask sale export: cannot write {output}: {exc.strerror}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    return count

@@ -1,0 +1,1 @@
+"""Deployment: nginx in front of gunicorn (nginx.py renders nginx.conf.template)."""

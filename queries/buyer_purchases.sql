@@ -1,0 +1,9 @@
+-- Lists one buyer's purchases, newest first, a page at a time. The UNIQUE (user_id,
+-- idempotency_key) index finds the buyer's rows; a buyer has few, so they are sorted as read.
+-- Parameters: user_id, after (the last id of the previous page, null for the first), limit.
+SELECT id, item_id, user_id, quantity, created_at
+FROM purchases
+WHERE user_id = %(user_id)s
+  AND (%(after)s::bigint IS NULL OR id < %(after)s::bigint)
+ORDER BY id DESC
+LIMIT %(limit)s

@@ -1,0 +1,7 @@
+-- Lists an item's purchases for fulfilment, in the order they were made. Run through a
+-- server-side cursor, fetched in batches: the rows never all sit in the client's memory.
+-- Parameters: item_id.
+SELECT id AS purchase_id, user_id, quantity, created_at
+FROM purchases
+WHERE item_id = %(item_id)s
+ORDER BY id

@@ -1,0 +1,161 @@
+"""The schema's lifecycle: migrations applied once and in order, a database made before migrations
+upgraded in place, gunicorn refusing an older schema, and reset_db asking before it deletes."""
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+import db
+import schema
+from conftest import ROOT
+from support import flask_command, item, make_legacy_database, purchases, run_test_query
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
+
+
+@pytest.fixture
+def scratch_schema(reset):
+    """The test may take the schema apart; a fresh one is made afterwards for the next tests."""
+    yield
+    reset()
+
+
+def constraints(conn):
+    return {(row["table_name"], row["name"]): row["definition"]
+            for row in run_test_query(conn, "list_constraints")}
+
+
+def refused_start(server):
+    """gunicorn's exit status and output, once it has stopped by itself."""
+    status = server.process.wait(timeout=60)
+    return status, server.output()
+
+
+def test_a_database_made_before_migrations_is_upgraded_in_place(scratch_schema, conn, start_server):
+    make_legacy_database(conn, stock=10, items=2)
+    first = db.buy_ticket(1, "alice", 2, "order-1")
+    db.buy_ticket(1, "bob", 1)
+    db.buy_ticket(2, "alice", 1)
+    before_rows = purchases(conn, 1) + purchases(conn, 2)
+    before_items = run_test_query(conn, "list_items_raw")
+    before_constraints = constraints(conn)
+
+    status, output = refused_start(start_server())
+    assert status != 0
+    lines = [line for line in output.splitlines() if "older than the code" in line]
+    assert len(lines) == 1 and "0 of 5 migrations applied" in lines[0], output
+    assert "Run `flask --app app db upgrade`." in lines[0]
+    assert "Traceback" not in output
+
+    upgrade = flask_command("db", "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "Applying 0001_create_items" in upgrade.stdout and "5 applied now" in upgrade.stdout
+
+    assert purchases(conn, 1) + purchases(conn, 2) == before_rows
+    assert run_test_query(conn, "list_items_raw") == before_items
+    after_constraints = constraints(conn)
+    changed = {("items", "items_check1")}  # the window's CHECK, now allowing an empty window
+    assert {key: before_constraints[key] for key in before_constraints.keys() - changed} \
+        == {key: after_constraints[key] for key in before_constraints.keys() - changed}
+    assert after_constraints[("items", "items_sale_window_check")] == \
+        "CHECK ((sale_ends_at >= sale_starts_at))"
+    assert [row["version"] for row in run_test_query(conn, "list_applied_versions")] == [1, 2, 3, 4, 5]
+
+    again = flask_command("db", "upgrade")
+    assert again.returncode == 0 and "0 applied now" in again.stdout
+
+    created = flask_command("sale", "create", "--name", "After the upgrade", "--stock", "5")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == "3"  # numbered after the items made before the upgrade
+
+    with start_server() as server:
+        sold = server.buy(1, "carol")
+        assert sold.status_code == 201 and sold.json()["remaining"] == 6
+        replay = server.buy(1, "alice", quantity=2, key="order-1")
+        assert replay.status_code == 201 and replay.json()["purchase_id"] == first["purchase_id"]
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        assert server.buy(3, "dave").status_code == 201
+    assert item(conn, 1)["sold"] == 4
+
+
+def test_an_empty_database_is_made_by_the_migrations(scratch_schema, conn):
+    with conn.transaction():
+        conn.execute(db.query("drop_schema"))
+    status = flask_command("db", "status")
+    assert status.returncode == 0 and "5 pending" in status.stdout
+    assert flask_command("db", "upgrade").returncode == 0
+    status = flask_command("db", "status")
+    assert "pending" not in status.stdout and status.stdout.count(" applied ") == 5
+
+
+def test_two_upgrades_at_once_take_turns(scratch_schema, conn):
+    """The advisory lock: both succeed, and every migration is applied and recorded once."""
+    with conn.transaction():
+        conn.execute(db.query("drop_schema"))
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: flask_command("db", "upgrade"), range(2)))
+    assert [result.returncode for result in results] == [0, 0], [result.stderr for result in results]
+    applied_now = sorted(int(result.stdout.split(", ")[-1].split()[0]) for result in results)
+    assert applied_now == [0, 5]
+    assert [row["version"] for row in run_test_query(conn, "list_applied_versions")] == [1, 2, 3, 4, 5]
+
+
+def test_the_code_knows_its_migrations_in_order():
+    found = schema.migrations()
+    assert [migration.version for migration in found] == list(range(1, len(found) + 1))
+    for migration in found:
+        assert migration.sql().startswith(f"-- Migration {migration.version:04d}.")
+        assert "-- Parameters:" in migration.sql()
+
+
+def wait_until_healthy(server, attempts=300):
+    for _ in range(attempts):
+        if server.process.poll() is not None:
+            return False
+        try:
+            if requests.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def test_gunicorn_starts_while_the_database_is_unreachable(start_server):
+    """Its pool keeps trying: the process serves /healthz, and /readyz says not ready."""
+    server = start_server(DATABASE_URL=UNREACHABLE)
+    assert wait_until_healthy(server), server.output()
+    assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 503
+    assert "could not check the database schema" in server.output()
+
+
+def reset_db(*args):
+    return subprocess.run([sys.executable, "reset_db.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_reset_db_refuses_to_delete_purchases_without_yes(reset, conn):
+    reset(stock=10, items=2)
+    db.buy_ticket(1, "alice", 1)
+    db.buy_ticket(2, "bob", 2)
+    refused = reset_db("--stock", "3")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        "reset_db: this deletes 2 item(s) and 2 purchase(s).",
+        "reset_db: nothing deleted; run again with --yes to delete them.",
+    ]
+    assert len(purchases(conn, 1)) == 1 and item(conn, 1)["stock"] == 10
+
+    done = reset_db("--stock", "3", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "deletes 2 item(s) and 2 purchase(s)" in done.stderr
+    assert purchases(conn, 1) == [] and item(conn, 1)["stock"] == 3 and item(conn, 2) is None
+
+
+def test_reset_db_asks_nothing_when_no_purchase_would_be_lost(reset):
+    reset(stock=5)
+    result = reset_db("--stock", "4")
+    assert result.returncode == 0 and result.stderr == ""
