@@ -73,9 +73,8 @@ clean: db-stop
 # nginx in front (deploy/cluster.py; docs/cluster.md). Installs the Debian packages if missing.
 CLUSTER := $(PYTHON) deploy/cluster.py
 
-cluster-packages:
+cluster-packages: nginx
 	@command -v pg_autoctl >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-15-auto-failover pg-auto-failover-cli; }
-	@command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx; }
 
 cluster-up: $(VENV)/installed cluster-packages
 	$(CLUSTER) up

@@ -26,15 +26,15 @@ import requests  # noqa: E402
 
 import db  # noqa: E402
 import reset_db  # noqa: E402
-# deploy/processes.py; the chaos runs and the tests reach these through this module.
-from processes import (ClusterError, alive, free_ports, kill_tree, process_tree,  # noqa: E402,F401
-                       signal_all, wait_for, wait_gone)
+from deploy import nginx  # noqa: E402
+# The chaos runs and the tests reach these through this module.
+from deploy.processes import (ClusterError, alive, free_ports, kill_tree, process_tree,  # noqa: E402,F401
+                              signal_all, wait_for, wait_gone)
 
 PG_BIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))  # pg_auto_failover's PostgreSQL
 DB_NAME = "flashsale"
 NODES = ["node1", "node2"]  # node1 starts as the primary
 APP_HOSTS = {"app1": "127.0.1.1", "app2": "127.0.1.2"}
-NGINX_TEMPLATE = ROOT / "deploy" / "nginx-cluster.conf.template"
 MONITOR_SETTINGS = ROOT / "deploy" / "monitor-failover.conf"
 AS_ROOT = os.getuid() == 0
 
@@ -238,19 +238,19 @@ def ready(url):
 
 
 def start_nginx(state):
-    nginx = state["nginx"]
-    prefix = Path(nginx["prefix"])
-    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
-    upstreams = "\n        ".join(f"server {app['address']} max_fails=1 fail_timeout=2s;"
-                                  for app in state["apps"].values())
-    conf = (NGINX_TEMPLATE.read_text().replace("@PREFIX@", str(prefix))
-            .replace("@LISTEN@", nginx["address"]).replace("@UPSTREAM_SERVERS@", upstreams))
-    (prefix / "nginx.conf").write_text(conf)
-    with open(nginx["log"], "ab") as log:
-        process = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                                    "-e", str(prefix / "error.log")],
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    nginx["pid"] = process.pid
+    """nginx from the project's template (deploy/nginx.py), in front of both app hosts. A host that
+    refuses a connection is left out for 2 s, and the request goes to the other one; a request
+    already sent is never sent again (no non_idempotent in proxy_next_upstream)."""
+    config = state["nginx"]
+    prefix = nginx.make_folder(config["prefix"])
+    upstreams = [f"{app['address']} max_fails=1 fail_timeout=2s" for app in state["apps"].values()]
+    (prefix / "nginx.conf").write_text(
+        nginx.render(upstreams, config["address"], prefix, user=nginx.worker_user()))
+    with open(config["log"], "ab") as log:
+        process = subprocess.Popen(
+            [nginx.nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    config["pid"] = process.pid
     save_state(state)
 
 
@@ -418,7 +418,7 @@ def main(argv=None):
     options = parser.parse_args(argv)
     if AS_ROOT and shutil.which("runuser") is None:
         sys.exit("cluster: runuser is missing (util-linux)")
-    for program in [PG_BIN / "pg_ctl", shutil.which("pg_autoctl"), shutil.which("nginx")]:
+    for program in [PG_BIN / "pg_ctl", shutil.which("pg_autoctl"), shutil.which("nginx", path=nginx.SEARCH_PATH)]:
         if program is None or not Path(program).exists():
             sys.exit(f"cluster: {program or 'pg_autoctl or nginx'} not found: `make cluster-up` installs them")
     try:

@@ -23,12 +23,15 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
-import cluster  # deploy/cluster.py, which puts the project on sys.path
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 import chaos  # noqa: E402
 import proof_of_correctness as proof  # noqa: E402
 import reset_db  # noqa: E402
+from deploy import cluster  # noqa: E402
 
 MODES = ["kill-primary", "switchover", "kill-app-host", "slow-clients", "freeze-primary"]
 ATTEMPTS = 40  # per purchase: enough retries (Retry-After: 1) to outlast a failover
@@ -207,11 +210,16 @@ def inject(run):
 
 # --- buyers ---------------------------------------------------------------------------------
 
-def purchase():
-    return proof.Purchase(user_id=f"buyer-{uuid.uuid4().hex[:12]}", key=str(uuid.uuid4()))
+def purchase(burst):
+    """A new buyer's purchase, with its Idempotency-Key, and its bearer token when the service
+    verifies tokens (AUTH_JWT_SECRET, which the app hosts read too)."""
+    bought = proof.Purchase(user_id=f"buyer-{uuid.uuid4().hex[:12]}", key=str(uuid.uuid4()))
+    if burst.token_secret:
+        bought.token = proof.mint_token(burst, bought.user_id)
+    return bought
 
 
-def buyers(run, stock, database_url):
+def buyers(run, burst, stock, database_url):
     """Purchases at `run.options.rate` per second while the faults last and TAIL_SECONDS more
     (at most 90% of the stock), then enough at once to sell out what is left."""
     interval = 1.0 / run.options.rate
@@ -220,14 +228,14 @@ def buyers(run, stock, database_url):
     while sent < 0.9 * stock and time.monotonic() - started < run.options.max_seconds:
         if run.done.is_set() and time.monotonic() - run.done_at > TAIL_SECONDS:
             break
-        yield purchase()
+        yield purchase(burst)
         sent += 1
         time.sleep(max(0.0, started + sent * interval - time.monotonic()))
     run.done.wait(run.options.max_seconds)  # steady sales ended early: the faults end first
     remaining = cluster.wait_for("the item's remaining stock", lambda: remaining_stock(database_url), 30)
     run.phase = f"selling out: {remaining[0]} units left"
     for _ in range(remaining[0] + max(50, remaining[0] // 4)):
-        yield purchase()
+        yield purchase(burst)
 
 
 def remaining_stock(database_url):
@@ -318,7 +326,7 @@ def run_mode(mode, state, options):
         threading.Thread(target=inject, args=(run,), daemon=True).start()
         threading.Thread(target=show_progress, args=(run, answered, stop), daemon=True).start()
         try:
-            for done in pool.imap_unordered(proof.buy, buyers(run, stock, state["database_url"])):
+            for done in pool.imap_unordered(proof.buy, buyers(run, burst, stock, state["database_url"])):
                 purchases.append(done)
                 answered[0] += 1
         finally:
