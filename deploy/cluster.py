@@ -416,6 +416,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status"])
     options = parser.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `status | head` ends quietly, as other tools do
     if AS_ROOT and shutil.which("runuser") is None:
         sys.exit("cluster: runuser is missing (util-linux)")
     for program in [PG_BIN / "pg_ctl", shutil.which("pg_autoctl"), shutil.which("nginx", path=nginx.SEARCH_PATH)]:
