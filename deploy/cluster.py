@@ -387,8 +387,8 @@ def down():
 
 def status():
     state = load_state()
-    if not state:
-        print("No cluster: `make cluster-up` starts one.")
+    if not state or not running_pids(state):
+        print("No cluster is running: `make cluster-up` starts one.")
         return
     rows = [("monitor", f"127.0.0.1:{state['monitor']['port']}", state["monitor"].get("pid"))]
     rows += [(name, f"127.0.0.1:{node['port']}", node.get("pid")) for name, node in state["nodes"].items()]
