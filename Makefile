@@ -10,7 +10,8 @@ TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_UR
 CHECK_SETTINGS := $(PYTHON) settings.py
 UPGRADE_SCHEMA := $(VENV)/bin/flask --app app db upgrade
 
-.PHONY: run test serve reset chaos bench bench-smoke wrk nginx browser db db-stop clean
+.PHONY: run test serve reset chaos bench bench-smoke wrk nginx browser db db-stop clean \
+	cluster-packages cluster-up cluster-down cluster-status cluster-chaos cluster-test cluster-diagram
 
 # The proof runs in verified mode: a fresh HS256 secret for gunicorn and for the proof's tokens.
 FRESH_SECRET := export AUTH_JWT_SECRET="$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(32))')" \
@@ -69,6 +70,38 @@ $(VENV)/installed: requirements.txt requirements-dev.txt
 # Everything the targets above create: the virtualenv, the private database (and its /tmp
 # fallback folder), logs, caches and benchmark results.
 clean: db-stop
+	if [ -x $(PYTHON) ]; then $(CLUSTER) down; fi
+	rm -rf .cluster
 	rm -rf $(VENV) .pgdata .pgdata.log "$$(scripts/pg.sh data-dir)" "$$(scripts/pg.sh data-dir).log" \
 		.pytest_cache .hypothesis .gunicorn.log bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# A local cluster: pg_auto_failover monitor, primary and synchronous standby, two app hosts,
+# nginx in front (deploy/cluster.py; docs/cluster.md). Installs the Debian packages if missing.
+CLUSTER := $(PYTHON) deploy/cluster.py
+
+cluster-packages: nginx
+	@command -v pg_autoctl >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-15-auto-failover pg-auto-failover-cli; }
+
+cluster-up: $(VENV)/installed cluster-packages
+	$(CLUSTER) up
+
+cluster-down: $(VENV)/installed
+	$(CLUSTER) down
+
+cluster-status: $(VENV)/installed
+	$(CLUSTER) status
+
+# Faults under a steady sale through nginx, then the proof's check (deploy/cluster_chaos.py);
+# MODES="kill-primary switchover" runs some only. Brings a cluster up (and down) if none runs.
+cluster-chaos: $(VENV)/installed cluster-packages
+	$(PYTHON) deploy/cluster_chaos.py $(MODES)
+
+# The cluster's tests (tests/test_cluster.py): up, a burst with the primary killed, down.
+cluster-test: $(VENV)/installed cluster-packages
+	$(TEST_DATABASE) && $(PYTHON) -m pytest -m cluster tests/test_cluster.py
+
+# docs/topology.svg from its text source, deploy/topology.dot (Graphviz).
+cluster-diagram:
+	@command -v dot >/dev/null || { apt-get update -qq && apt-get install -y -qq graphviz; }
+	dot -Tsvg deploy/topology.dot -o docs/topology.svg

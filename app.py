@@ -324,8 +324,9 @@ def create_app(settings=None):
 
     @app.get("/readyz")
     def readyz():
-        if db.ping():
-            return json_response({"status": "ready", "auth": auth.mode(settings)})
+        replication = db.ping()
+        if replication:
+            return json_response({"status": "ready", "auth": auth.mode(settings), "replication": replication})
         raise Problem(503, "not_ready", "Not ready",
                       f"The database did not answer within {db.READY_TIMEOUT_SECONDS:g} s.")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -20,12 +21,12 @@ import settings as configuration
 QUERIES = Path(__file__).parent / "queries"
 TEST_QUERIES = Path(__file__).parent / "tests" / "queries"  # for the tests, the proof and chaos runs
 APPLICATION_NAME = "flashsale"
-SCRIPT_CONNECT_TIMEOUT_SECONDS = 10
 READY_TIMEOUT_SECONDS = 1.0
 FIRST_CONNECTION_WAIT_SECONDS = 5
-# The pool's own connection attempts (in its background threads, never in a request) wait this
-# long for the server: long enough that an attempt in flight while the server is frozen completes
-# as soon as it thaws, short enough that the pool tries again within seconds.
+# A connection attempt (the pool's are in its background threads, never in a request) waits this
+# long for the server, unless DATABASE_URL says otherwise: long enough that an attempt in flight
+# while the server is frozen completes as soon as it thaws, short enough that the pool tries again
+# within seconds. A URL listing several hosts may want less, to move on to the next host sooner.
 CONNECT_TIMEOUT_SECONDS = 10
 # A TCP peer that vanished (power lost, partition): an idle pooled connection is found dead after
 # about 5 + 3 x 1 s without an answer to keepalives, and data sent to it is given up on after 5 s,
@@ -113,10 +114,21 @@ def query(name, folder=QUERIES):
 
 def connect(database_url=None):
     """A single autocommit connection, for scripts and tests."""
-    return psycopg.connect(
-        database_url or configuration.load().database_url,
-        autocommit=True, row_factory=dict_row, connect_timeout=SCRIPT_CONNECT_TIMEOUT_SECONDS,
-    )
+    database_url = database_url or configuration.load().database_url
+    return psycopg.connect(database_url, autocommit=True, row_factory=dict_row, **connect_timeout(database_url))
+
+
+# psycopg_pool retries a failed connection attempt after 1 s, doubling the pause each time until
+# reconnect_timeout has passed since the first failure (default 5 minutes: attempts 1, 3, 7, 15,
+# 31... s after it). With half a second the series ends after one more attempt and the pool lets
+# the slot go; the next request that finds the pool empty starts a new attempt at once. So while
+# the primary fails over, each busy worker tries again every second or less, and reaches the new
+# primary right after its promotion, not up to half a minute later.
+RECONNECT_TIMEOUT_SECONDS = 0.5
+
+def connect_timeout(database_url):
+    """CONNECT_TIMEOUT_SECONDS as a connection argument, unless the URL sets its own."""
+    return {} if "connect_timeout" in conninfo_to_dict(database_url) else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
 
 
 _settings = None  # set by configure(), else the process's settings at first use
@@ -148,11 +160,15 @@ def open_pool():
                 "application_name": APPLICATION_NAME,
                 "prepare_threshold": 0,  # prepare every statement at its first use
                 "options": f"-c statement_timeout={int(_settings.retry_budget * 1000)}",
-                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                **connect_timeout(_settings.database_url),
                 **KEEPALIVE,
             },
             connection_class=DeadlineConnection if _settings.client_deadline else psycopg.Connection,
             name=f"{APPLICATION_NAME}-{os.getpid()}",
+            # A connection that broke while idle in the pool (the primary failed over or
+            # restarted) is discarded and replaced before a request gets it.
+            check=ConnectionPool.check_connection,
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
             open=True,
         )
     return _pool
@@ -283,15 +299,17 @@ def pop_pool_stats():
 
 
 def ping(timeout=READY_TIMEOUT_SECONDS):
-    """True when the database answers within `timeout` seconds, the pool's wait included."""
+    """How the database keeps an acknowledged commit, 'synchronous' (on a standby too) or 'async'
+    (see replication.sql), when it answers within `timeout` seconds, the pool's wait included;
+    else None."""
     try:
         with waits_end_by(time.monotonic() + timeout), open_pool().connection(timeout=timeout) as conn:
             with conn.transaction(), conn.pipeline():
                 conn.execute(query("set_statement_timeout"), {"milliseconds": int(timeout * 1000)})
-                conn.execute(query("ping"))
-        return True
+                cursor = conn.execute(query("replication"))
+        return cursor.fetchone()["replication"]
     except psycopg.Error:
-        return False
+        return None
 
 
 def available_connections():

@@ -25,6 +25,10 @@ RETRY_ATTEMPTS = 8  # per logical purchase, with --retry
 RETRY_PAUSE_CAP_SECONDS = 5.0  # the most a Retry-After is honoured for
 BACKOFF_FIRST_SECONDS = 0.1  # without Retry-After: 0.1, 0.2, 0.4, ... up to the cap below
 BACKOFF_CAP_SECONDS = 2.0
+# With --retry, sent again with the same key: 503 (nothing sold), and 502 and 504 from a proxy
+# such as nginx, which lost the app host before its answer (the purchase may be done; the key
+# makes the retry find it).
+RETRIED_STATUSES = {502, 503, 504}
 
 
 @dataclass
@@ -73,7 +77,8 @@ def retry_pause(response, attempt):
 
 
 def buy(purchase):
-    """Send one logical purchase; with --retry, repeat it with the same key after a 503 or transport error."""
+    """Send one logical purchase; with --retry, repeat it with the same key after a 502, 503, 504
+    or transport error."""
     headers = {"Idempotency-Key": purchase.key} if purchase.key else {}
     if purchase.token:
         headers["Authorization"] = f"Bearer {purchase.token}"
@@ -92,7 +97,7 @@ def buy(purchase):
         purchase.latencies.append(time.perf_counter() - started)
         purchase.answered_at.append(time.time())
         status = purchase.final[0]
-        if status is not None and status != 503:
+        if status is not None and status not in RETRIED_STATUSES:
             break
         if attempt + 1 < options.attempts:
             time.sleep(retry_pause(response, attempt))
@@ -216,7 +221,8 @@ def parse_options(argv):
     parser.add_argument("--users", type=int, help="distinct users, repeating (default: one per request)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
     parser.add_argument("--retry", action="store_true",
-                        help="give each purchase an Idempotency-Key and retry 503s and transport errors")
+                        help="give each purchase an Idempotency-Key and retry 502s, 503s, 504s and "
+                             "transport errors")
     parser.add_argument("--wait", type=float, default=30.0, help="seconds to wait for /readyz")
     parser.add_argument("--token-secret", default=auth["auth_jwt_secret"],
                         help="AUTH_JWT_SECRET: sign one bearer token per buyer with it (default: none, "

@@ -124,7 +124,7 @@ def test_get_unknown_item_is_404(client, path):
 
 def test_health_and_readiness(client):
     assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").get_json() == {"status": "ready", "auth": "open"}
+    assert client.get("/readyz").get_json() == {"status": "ready", "auth": "open", "replication": "async"}
 
 
 def test_wrong_method_is_405(client):

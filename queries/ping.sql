@@ -1,3 +1,0 @@
--- Checks that the database answers.
--- Parameters: none.
-SELECT 1
