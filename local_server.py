@@ -18,13 +18,13 @@ READY_WAIT_SECONDS = 30
 STOP_WAIT_SECONDS = 15
 
 
-def wait_until_ready(url, seconds, process=None):
-    """True once the service at `url` answers /readyz with 200; False after `seconds`, or as soon
+def wait_until_ready(url, seconds, process=None, path="/readyz"):
+    """True once the service at `url` answers `path` with 200; False after `seconds`, or as soon
     as its gunicorn `process`, when given, has exited."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and (process is None or process.poll() is None):
         try:
-            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if requests.get(f"{url}{path}", timeout=1).status_code == 200:
                 return True
         except requests.RequestException:
             pass

@@ -124,6 +124,11 @@ def wait_for_waiting_buyers(conn, count, attempts=500):
     return False
 
 
+def run(command, **env):
+    """A command in a real subprocess in the project folder; `env` overrides the environment."""
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+
+
 def flask_command(*args, timeout=120, **env):
     """`flask --app app ARGS...` in a real subprocess; `env` overrides the environment."""
     return subprocess.run([*FLASK, *map(str, args)], cwd=ROOT,

@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from support import PROBLEM_FIELDS, assert_problem, buy, item, purchases
+from support import assert_problem, buy, item, purchases
 
 
 def test_sale_answers_201_with_the_purchase(client, conn):

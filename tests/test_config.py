@@ -10,11 +10,7 @@ import db
 import proof_of_correctness as proof
 import settings as configuration
 from conftest import ROOT
-
-
-def run(command, **env):
-    environment = {**os.environ, **env}
-    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+from support import run
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -27,6 +23,11 @@ def run(command, **env):
     ("DATABASE_URL", "", "DATABASE_URL is not set"),
     ("API_URL", "http://localhost:8000/api", "API_URL must be the service's base URL"),
     ("API_URL", "localhost:8000", "API_URL must be the service's base URL"),
+    ("METRICS", "maybe", "METRICS must be 1 or 0 (on or off), got 'maybe'"),
+    ("ACCESS_LOG", "2", "ACCESS_LOG must be 1 or 0"),
+    ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of text, json, got 'xml'"),
+    ("METRICS_ALLOW", "127.0.0.1,localhost", "METRICS_ALLOW must be a comma-separated list"),
+    ("METRICS_ALLOW", "10.0.0.0/33", "METRICS_ALLOW must be a comma-separated list"),
 ])
 def test_gunicorn_refuses_a_bad_setting(name, value, message):
     result = run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0"],

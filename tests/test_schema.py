@@ -2,7 +2,6 @@
 upgraded in place, gunicorn refusing an older schema, and reset_db asking before it deletes."""
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,6 +10,7 @@ import requests
 import db
 import schema
 from conftest import ROOT
+from local_server import wait_until_ready
 from support import flask_command, item, make_legacy_database, purchases, run_test_query
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
@@ -111,17 +111,8 @@ def test_the_code_knows_its_migrations_in_order():
         assert "-- Parameters:" in migration.sql()
 
 
-def wait_until_healthy(server, attempts=300):
-    for _ in range(attempts):
-        if server.process.poll() is not None:
-            return False
-        try:
-            if requests.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                return True
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    return False
+def wait_until_healthy(server):
+    return wait_until_ready(server.url, 30, server.process, path="/healthz")
 
 
 def test_gunicorn_starts_while_the_database_is_unreachable(start_server):
