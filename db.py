@@ -33,6 +33,13 @@ CONNECT_TIMEOUT_SECONDS = 10
 # instead of the kernel's minutes. Both are ignored on a unix socket.
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1, "keepalives_count": 3,
              "tcp_user_timeout": 5000}
+# psycopg_pool retries a failed connection attempt after 1 s, doubling the pause each time until
+# reconnect_timeout has passed since the first failure (default 5 minutes: attempts 1, 3, 7, 15,
+# 31... s after it). With half a second the series ends after one more attempt and the pool lets
+# the slot go; the next request that finds the pool empty starts a new attempt at once. So while
+# the primary fails over, each busy worker tries again every second or less, and reaches the new
+# primary right after its promotion, not up to half a minute later.
+RECONNECT_TIMEOUT_SECONDS = 0.5
 # Full-jitter backoff between attempts: a pause drawn from [0, min(cap, first * 2**attempt)].
 BACKOFF_FIRST_SECONDS = 0.02
 BACKOFF_CAP_SECONDS = 1.0
@@ -117,14 +124,6 @@ def connect(database_url=None):
     database_url = database_url or configuration.load().database_url
     return psycopg.connect(database_url, autocommit=True, row_factory=dict_row, **connect_timeout(database_url))
 
-
-# psycopg_pool retries a failed connection attempt after 1 s, doubling the pause each time until
-# reconnect_timeout has passed since the first failure (default 5 minutes: attempts 1, 3, 7, 15,
-# 31... s after it). With half a second the series ends after one more attempt and the pool lets
-# the slot go; the next request that finds the pool empty starts a new attempt at once. So while
-# the primary fails over, each busy worker tries again every second or less, and reaches the new
-# primary right after its promotion, not up to half a minute later.
-RECONNECT_TIMEOUT_SECONDS = 0.5
 
 def connect_timeout(database_url):
     """CONNECT_TIMEOUT_SECONDS as a connection argument, unless the URL sets its own."""
@@ -288,6 +287,8 @@ def buyer_purchase(user_id, purchase_id):
     """The purchase if it is the buyer's, else None."""
     rows = _run("buyer_purchase", {"user_id": user_id, "purchase_id": purchase_id})
     return rows[0] if rows else None
+
+
 def list_items(after, limit):
     """Rows of list_items.sql: up to `limit` items with ids above `after`, each with its state."""
     return _run("list_items", {"after": after, "limit": limit})
