@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import chaos  # noqa: E402
 import proof_of_correctness as proof  # noqa: E402
 import reset_db  # noqa: E402
+import settings as configuration  # noqa: E402
 from deploy import cluster  # noqa: E402
 
 MODES = ["kill-primary", "switchover", "kill-app-host", "slow-clients", "freeze-primary"]
@@ -52,6 +53,7 @@ class Run:
         self.done = threading.Event()
         self.done_at = None
         self.started = time.monotonic()
+        self.worker_timeouts_before = worker_timeouts(state)
 
     def fault(self, label):
         self.faults.append((label, time.time()))
@@ -63,6 +65,18 @@ class Run:
 
     def elapsed(self):
         return time.monotonic() - self.started
+
+
+def app_host_settings(state):
+    """The app hosts' settings: they inherit this process's environment (deploy/cluster.py)."""
+    return configuration.from_environ({**configuration.environment(), "DATABASE_URL": state["database_url"]})
+
+
+def worker_timeouts(state):
+    """gunicorn's WORKER TIMEOUT lines in the app hosts' logs so far: a worker killed for
+    overrunning its timeout, which the client-side deadline should make never happen."""
+    return sum(Path(app["log"]).read_text(errors="replace").count(chaos.WORKER_TIMEOUT_LINE)
+               for app in state["apps"].values() if Path(app["log"]).exists())
 
 
 # --- faults ---------------------------------------------------------------------------------
@@ -280,7 +294,9 @@ def fault_figures(run, purchases):
 
 
 def figures(run, stock, purchases, item, rows, failures):
-    report = {"faults": len(run.faults), "faults_ended_at": run.faults[-1][1] if run.faults else time.time()}
+    report = {"faults": len(run.faults), "faults_ended_at": run.faults[-1][1] if run.faults else time.time(),
+              "budget": app_host_settings(run.state).retry_budget,
+              "worker_timeouts": worker_timeouts(run.state) - run.worker_timeouts_before}
     result = chaos.figures(run.mode, purchases, rows, failures, report)
     statuses = Counter(status for p in purchases for status, _ in p.answers)
     to_sale, gaps = fault_figures(run, purchases)
@@ -293,6 +309,9 @@ def figures(run, stock, purchases, item, rows, failures):
         "503": statuses[503],
         "other 5xx": sum(count for status, count in statuses.items() if status and status >= 500 and status != 503),
         "transport errors": result["transport errors"],
+        "slowest s": result["slowest s"],
+        "budget s": result["budget s"],
+        "worker timeouts": result["worker timeouts"],
         "lost": result["lost"],
         "double sales": result["double sales"],
         "oversold": max(0, sum(row["quantity"] for row in rows) - stock) + (item["remaining"] < 0),
