@@ -31,31 +31,33 @@ MODES = ["kill-worker", "restart-db", "kill-connections", "lock-hog", "freeze-db
 PRIVATE_DATABASE_MODES = {"restart-db", "freeze-db"}
 # What gunicorn's master logs when a worker overran its timeout and was killed.
 WORKER_TIMEOUT_LINE = "WORKER TIMEOUT"
+REPEATS = 3  # kill-worker and kill-connections strike this many times
+RESTARTS = ["fast", "immediate"]  # restart-db: a clean shutdown, then a crash
 
 
 def kill_worker(server, options):
-    """SIGKILL a random worker three times; gunicorn starts new ones."""
-    for _ in range(3):
+    """SIGKILL a random worker REPEATS times; gunicorn starts new ones."""
+    for _ in range(REPEATS):
         time.sleep(options.pause)
         os.kill(random.choice(server.worker_pids()), signal.SIGKILL)
-    return 3
+    return REPEATS
 
 
 def restart_db(server, options):
     """Restart the private PostgreSQL twice, each time down for a second: cleanly, then as a crash."""
-    for mode in ["fast", "immediate"]:
+    for mode in RESTARTS:
         time.sleep(options.pause)
         subprocess.run([ROOT / "scripts" / "pg.sh", "restart", mode, "1"], check=True, capture_output=True)
-    return 2
+    return len(RESTARTS)
 
 
 def kill_connections(server, options):
-    """Terminate every connection of the service three times."""
-    for _ in range(3):
+    """Terminate every connection of the service REPEATS times."""
+    for _ in range(REPEATS):
         time.sleep(options.pause)
         with db.connect() as conn:
             conn.execute(db.query("terminate_connections", db.TEST_QUERIES), {"application_name": db.APPLICATION_NAME})
-    return 3
+    return REPEATS
 
 
 def lock_hog(server, options):
