@@ -315,6 +315,7 @@ def create_app(settings=None):
         if not metrics.enabled() or not metrics.allowed(client, settings.metrics_allow):
             abort(404)
         metrics.pool(db.pop_pool_stats())
+        metrics.replication(db.ping())
         body, content_type = metrics.exposition()
         return Response(body, 200, content_type=content_type)
 
@@ -325,6 +326,7 @@ def create_app(settings=None):
     @app.get("/readyz")
     def readyz():
         replication = db.ping()
+        metrics.replication(replication)
         if replication:
             return json_response({"status": "ready", "auth": auth.mode(settings), "replication": replication})
         raise Problem(503, "not_ready", "Not ready",

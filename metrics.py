@@ -62,6 +62,11 @@ class Instruments:
                                      registry=registry)
         self.pool_lost = Counter("flashsale_pool_connections_lost", "Connections found broken or lost",
                                  registry=registry)
+        # 1 while a commit is acknowledged only once a standby has it, 0 while the primary commits
+        # alone (pg_auto_failover's standby is away); read at each scrape and each /readyz.
+        self.replication = Gauge("flashsale_replication_synchronous", "1: commits wait for a synchronous "
+                                 "standby; 0: the primary commits alone", multiprocess_mode="mostrecent",
+                                 registry=registry)
         # Labelled children looked up once: labels() takes a lock and validates on every call.
         self.request_children = {}
         self.purchase_children = {outcome: self.purchases.labels(outcome) for outcome in PURCHASE_OUTCOMES}
@@ -130,6 +135,12 @@ def pool_stats_due():
         return False
     _on.pool_stats_due = time.monotonic() + POOL_STATS_SECONDS
     return True
+
+
+def replication(mode):
+    """Record db.ping()'s answer: 'synchronous', 'async', or None (no answer: left as it was)."""
+    if _on is not None and mode is not None:
+        _on.replication.set(1 if mode == "synchronous" else 0)
 
 
 def pool(stats):

@@ -12,6 +12,7 @@ import requests
 import db
 import reset_db
 from deploy import cluster, cluster_chaos, nginx
+from support import scrape
 
 pytestmark = [
     pytest.mark.cluster,
@@ -56,6 +57,7 @@ def test_every_component_serves_and_commits_wait_for_the_standby(state):
     answer = requests.get(f"{state['url']}/readyz", timeout=5)
     assert answer.headers["Server"] == "nginx"
     assert answer.json()["replication"] == "synchronous"
+    assert scrape(state["url"])[("flashsale_replication_synchronous", ())] == 1
 
 
 def test_nginx_refuses_a_large_body_with_the_api_problem(state):

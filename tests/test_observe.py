@@ -201,3 +201,10 @@ def test_an_unexpected_error_is_logged_with_its_traceback_and_request_id(start_s
     [entry] = log_entries(server, "flashsale.error")
     assert entry["request_id"] == "broken-1" and entry["level"] == "error"
     assert "Traceback" in entry["traceback"] and "UndefinedTable" in entry["traceback"]
+
+
+def test_the_replication_gauge_says_whether_commits_wait_for_a_standby(start_server):
+    """The private PostgreSQL has no standby: its primary commits alone (0). The cluster's test
+    sees 1."""
+    server = start_server(WEB_CONCURRENCY="1").wait_ready()
+    assert scrape(server.url)[("flashsale_replication_synchronous", ())] == 0
