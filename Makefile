@@ -73,7 +73,7 @@ clean: db-stop
 	if [ -x $(PYTHON) ]; then $(CLUSTER) down; fi
 	rm -rf .cluster
 	rm -rf $(VENV) .pgdata .pgdata.log "$$(scripts/pg.sh data-dir)" "$$(scripts/pg.sh data-dir).log" \
-		.pytest_cache .hypothesis .gunicorn.log bench/results
+		.pytest_cache .hypothesis bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # A local cluster: pg_auto_failover monitor, primary and synchronous standby, two app hosts,
