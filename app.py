@@ -12,10 +12,10 @@ import db
 import metrics
 import observe
 import settings as configuration
+from db import MAX_BIGINT, MAX_INT
 
 MAX_BODY_BYTES = 4096
 BODY_TIMEOUT_SECONDS = 5  # well under gunicorn's worker timeout
-MAX_INT = 2**31 - 1  # PostgreSQL integer
 MAX_QUANTITY = 1000
 MAX_USER_ID_LENGTH = 64  # as purchases.user_id's CHECK
 MAX_KEY_LENGTH = 255  # as purchases.idempotency_key's CHECK
@@ -40,7 +40,6 @@ PAGE_SIZE = 100  # GET /items: items per page unless `limit` says otherwise
 MAX_PAGE_SIZE = 1000
 PURCHASES_PAGE_SIZE = 20  # GET /purchases
 MAX_PURCHASES_PAGE_SIZE = 100
-MAX_BIGINT = 2**63 - 1  # purchases.id
 STATUS_PAGE_ITEMS = 1000  # the status page's first rendering; its script reads every page
 DIGITS = re.compile("[0-9]{1,20}")
 HTTP_ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",

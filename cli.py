@@ -17,8 +17,8 @@ import psycopg
 import db
 import schema
 import settings as configuration
+from db import MAX_INT
 
-MAX_INT = 2**31 - 1  # PostgreSQL integer
 MAX_NAME_LENGTH = 200
 LIST_PAGE_SIZE = 100
 EXPORT_BATCH_ROWS = 5000  # rows fetched from the server-side cursor at a time

@@ -21,6 +21,8 @@ import settings as configuration
 QUERIES = Path(__file__).parent / "queries"
 TEST_QUERIES = Path(__file__).parent / "tests" / "queries"  # for the tests, the proof and chaos runs
 APPLICATION_NAME = "flashsale"
+MAX_INT = 2**31 - 1  # PostgreSQL integer: items.id, stock, quantities
+MAX_BIGINT = 2**63 - 1  # PostgreSQL bigint: purchases.id
 READY_TIMEOUT_SECONDS = 1.0
 FIRST_CONNECTION_WAIT_SECONDS = 5
 # A connection attempt (the pool's are in its background threads, never in a request) waits this

@@ -8,8 +8,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import auth  # noqa: E402
 import db  # noqa: E402
-import schema  # noqa: E402
 import metrics  # noqa: E402
+import schema  # noqa: E402
 import settings as configuration  # noqa: E402
 
 settings = configuration.load_or_exit()
@@ -45,9 +45,10 @@ def on_starting(server):
 
 
 def when_ready(server):
-    """Warn once when the workers' pools together may ask for more connections than the
-    database allows: the last ones to connect would be refused."""
-    if auth.mode(settings) == "open":  # here, in the master: once, not once per worker
+    """Warn once, in the master: in open mode, that buyers are not verified; and when the
+    workers' pools together may ask for more connections than the database allows (the last
+    ones to connect would be refused)."""
+    if auth.mode(settings) == "open":
         server.log.warning(auth.OPEN_MODE_WARNING)
     wanted = settings.web_concurrency * (settings.pool_size + settings.max_overflow)
     try:

@@ -156,8 +156,8 @@ def from_environ(environ):
 
 
 # Buyer identity: the settings of auth.py, checked here so that a bad one stops start-up.
-MIN_SECRET_BYTES = 32
 HMAC_ALGORITHMS = {"HS256": 32, "HS384": 48, "HS512": 64}  # each with its shortest secret (RFC 7518 3.2)
+MIN_SECRET_BYTES = HMAC_ALGORITHMS["HS256"]
 KEY_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 
 
@@ -221,7 +221,7 @@ def auth_settings(environ):
                               f"got {len(secret.encode())}")
         from jwt.algorithms import HMACAlgorithm
         from jwt.exceptions import InvalidKeyError
-        try:  # once here: auth.py does not check the secret again for every token
+        try:  # PyJWT refuses a PEM or SSH key as an HMAC secret: say so at start, not per token
             HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
         except InvalidKeyError:
             raise ConfigError("AUTH_JWT_SECRET looks like a key or certificate; an HMAC secret is "

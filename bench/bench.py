@@ -68,15 +68,10 @@ def gunicorn(workers, app="app:app", **env):
     return LocalServer(app, host=fresh_host(), WEB_CONCURRENCY=str(workers), **env)
 
 
-# Features on the request path, each measured as the same build with the feature off and on:
-# name -> (off, on), each a function of the worker count that returns a server to measure
-# (a context manager with `url`; its optional `wrk_args` are passed to buy.lua).
-FEATURES = {
-    # docs/deadline.md: every wait on the database bounded by the request's deadline; off is
-    # DB_CLIENT_DEADLINE=0, plain psycopg connections whose waits nothing bounds, as before it.
-    "client deadline": (lambda workers: gunicorn(workers, DB_CLIENT_DEADLINE="0"),
-                        lambda workers: gunicorn(workers)),
-}
+def configured(**env):
+    """A server factory: gunicorn with these settings."""
+    return lambda workers: gunicorn(workers, **env)
+
 
 # Verified tokens: the same gunicorn in open mode against verified mode (HS256). The load is a
 # crowd of BUYERS, each with one token for the whole sale, as an identity provider hands them
@@ -103,18 +98,11 @@ def token_file():
     return secret, path
 
 
-def open_mode(workers):
-    return gunicorn(workers, **NO_AUTH)
-
-
 def verified_mode(workers):
     secret, path = token_file()
     server = gunicorn(workers, **{**NO_AUTH, "AUTH_JWT_SECRET": secret, "AUTH_JWT_ALGORITHMS": "HS256"})
     server.wrk_args = (str(path),)
     return server
-
-
-FEATURES["verified tokens"] = (open_mode, verified_mode)
 
 
 def behind_nginx(workers, app="app:app", **env):
@@ -123,17 +111,18 @@ def behind_nginx(workers, app="app:app", **env):
     return GunicornBehindNginx(app, host=fresh_host(), WEB_CONCURRENCY=str(workers), **env)
 
 
-FEATURES["nginx"] = (gunicorn, behind_nginx)
-
-
-def configured(**env):
-    """A server factory: gunicorn with these settings."""
-    return lambda workers: gunicorn(workers, **env)
-
-
-# Metrics (docs/observe.md): on against both off, then with the access log too.
-FEATURES["metrics"] = (configured(METRICS="0", ACCESS_LOG="0"), configured(METRICS="1", ACCESS_LOG="0"))
-FEATURES["metrics+access log"] = (configured(METRICS="0", ACCESS_LOG="0"), configured(METRICS="1", ACCESS_LOG="1"))
+# Features on the request path, each measured as the same build with the feature off and on:
+# name -> (off, on), each a function of the worker count that returns a server to measure
+# (a context manager with `url`; its optional `wrk_args` are passed to buy.lua).
+FEATURES = {
+    # docs/deadline.md: off is plain psycopg connections, whose waits nothing bounds.
+    "client deadline": (configured(DB_CLIENT_DEADLINE="0"), gunicorn),
+    "verified tokens": (configured(**NO_AUTH), verified_mode),
+    "nginx": (gunicorn, behind_nginx),
+    # docs/observe.md: metrics on against both off, then with the access log too.
+    "metrics": (configured(METRICS="0", ACCESS_LOG="0"), configured(METRICS="1", ACCESS_LOG="0")),
+    "metrics+access log": (configured(METRICS="0", ACCESS_LOG="0"), configured(METRICS="1", ACCESS_LOG="1")),
+}
 
 
 def wrk(url, seconds, connections, items=1, limit=None, extra=()):

@@ -3,6 +3,7 @@ import dataclasses
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -99,32 +100,36 @@ def verified_server():
         running.stop()
 
 
+@contextmanager
+def stopped_afterwards(make, ready=lambda thing: thing):
+    """A function that makes things (servers, upstreams) with `make`, then readies them; each one
+    made is stopped when the block ends, one that never got ready too."""
+    started = []
+
+    def start(*args, **kwargs):
+        started.append(make(*args, **kwargs))
+        return ready(started[-1])
+
+    try:
+        yield start
+    finally:
+        for thing in started:
+            thing.stop()
+
+
 @pytest.fixture
 def start_server():
     """Start extra gunicorn servers with their own environment; all are stopped afterwards."""
-    started = []
-
-    def start(**env):
-        started.append(LocalServer(**env))
-        return started[-1]
-
-    yield start
-    for running in started:
-        running.stop()
+    with stopped_afterwards(LocalServer) as start:
+        yield start
 
 
 @pytest.fixture
 def start_proxied():
-    """Start gunicorn servers behind nginx, with their own environment; all are stopped afterwards."""
-    started = []
-
-    def start(nginx_options=None, **env):
-        started.append(nginx.GunicornBehindNginx(nginx_options=nginx_options, **env))
-        return started[-1].wait_ready()
-
-    yield start
-    for running in started:
-        running.stop()
+    """Start gunicorn servers behind nginx, with their own environment, and wait until they are
+    ready; all are stopped afterwards."""
+    with stopped_afterwards(nginx.GunicornBehindNginx, lambda server: server.wait_ready()) as start:
+        yield start
 
 
 @pytest.fixture
@@ -138,29 +143,16 @@ def nginx_folder():
 @pytest.fixture
 def start_nginx(nginx_folder):
     """Start nginx in nginx_folder in front of these upstreams; stopped afterwards."""
-    started = []
-
-    def start(upstreams, **options):
-        started.append(nginx.Nginx(upstreams, folder=nginx_folder, **options))
-        return started[-1].wait_listening()
-
-    yield start
-    for running in started:
-        running.stop()
+    with stopped_afterwards(lambda upstreams, **options: nginx.Nginx(upstreams, folder=nginx_folder, **options),
+                            lambda proxy: proxy.wait_listening()) as start:
+        yield start
 
 
 @pytest.fixture
 def stand_in(nginx_folder):
     """Start stand-in upstreams on unix sockets in nginx_folder; closed afterwards."""
-    started = []
-
-    def start(name, dying=False):
-        started.append(StandInUpstream(nginx_folder / f"{name}.sock", dying))
-        return started[-1]
-
-    yield start
-    for upstream in started:
-        upstream.close()
+    with stopped_afterwards(lambda name, dying=False: StandInUpstream(nginx_folder / f"{name}.sock", dying)) as start:
+        yield start
 
 
 @pytest.fixture

@@ -320,7 +320,7 @@ class StandInUpstream:
                 return value.strip()
         return None
 
-    def close(self):
+    def stop(self):
         try:
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread waiting in accept()
         except OSError:
