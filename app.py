@@ -313,7 +313,6 @@ def create_app(settings=None):
         client = request.remote_addr or request.headers.get("X-Real-IP")
         if not metrics.enabled() or not metrics.allowed(client, settings.metrics_allow):
             abort(404)
-        metrics.pool(db.pop_pool_stats())
         metrics.replication(db.ping())
         body, content_type = metrics.exposition()
         return Response(body, 200, content_type=content_type)

@@ -81,5 +81,12 @@ def post_fork(server, worker):
         worker.log.warning("no database connection yet; the pool keeps trying")
 
 
+def post_worker_init(worker):
+    """Once the worker has loaded the app (and made its instruments): its counts reach the
+    metrics files about once a second (metrics.py says why not at once)."""
+    metrics.flush_every(metrics.FLUSH_SECONDS)
+
+
 def worker_exit(server, worker):
+    metrics.flush()
     db.close_pool()

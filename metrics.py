@@ -7,11 +7,20 @@ environment, so it is imported here only by start(): the master sets the variabl
 (prepare_directory) before it forks the workers, which start() their instruments after the fork.
 Without the variable (Flask's test client, `flask run`) the figures are the process's own.
 
+Counting is on every buyer's path, so a counter is first added up in a dictionary of the
+process, and flush() writes what was added since the last flush to prometheus_client's files:
+under gunicorn a thread of each worker flushes every FLUSH_SECONDS, a scrape flushes the
+serving worker first, and a worker flushes once more as it exits. A scrape may so lag a busy
+worker by up to FLUSH_SECONDS, and a worker killed outright loses at most its last second.
+A histogram is observed through prometheus_client at once (it has no way to add up observations
+beforehand).
+
 Until start() runs, and when metrics are off, every update is a no-op.
 """
 import glob
 import ipaddress
 import os
+import threading
 import time
 
 PURCHASE_OUTCOMES = ("sold", "replayed", "idempotency_key_reused", "item_not_found", "sale_not_started",
@@ -20,14 +29,14 @@ PURCHASE_OUTCOMES = ("sold", "replayed", "idempotency_key_reused", "item_not_fou
 RETRY_REASONS = {"SerializationFailure": "serialization_failure", "DeadlockDetected": "deadlock",
                  "UniqueViolation": "unique_violation", "CommitCutOff": "commit_cut_off",
                  "DeadlinePassed": "deadline_passed", "OperationalError": "connection_lost"}
-POOL_STATS_SECONDS = 1.0  # how often a worker copies its pool's figures to the metrics
+FLUSH_SECONDS = 1.0  # how often a worker writes its counts, and its pool's figures, to the metrics
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _on = None  # the instruments once start() ran with metrics on
 
 
 class Instruments:
-    def __init__(self):
+    def __init__(self, pool_stats):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
         disable_created_metrics()  # the *_created series say when a worker started: noise here
@@ -71,16 +80,55 @@ class Instruments:
         self.request_children = {}
         self.purchase_children = {outcome: self.purchases.labels(outcome) for outcome in PURCHASE_OUTCOMES}
         self.units_children = {}
-        self.pool_stats_due = 0.0
+        self.cache_hits_child = self.cache_hits  # an unlabelled counter is its own child
+        self.counted = {}  # counter child -> all this process counted; only add() writes here
+        self.written = {}  # counter child -> the part of it flush() has written
+        self.flush_lock = threading.Lock()  # a scrape and the flush thread may both flush
+        self.pool_stats = pool_stats
 
 
-def start(enabled):
-    """Create this process's instruments (once), or turn updates off."""
+def start(enabled, pool_stats=None):
+    """Create this process's instruments (once), or turn updates off. `pool_stats` returns
+    psycopg_pool's pop_stats(), which each flush copies."""
     global _on
     if not enabled:
         _on = None
     elif _on is None:
-        _on = Instruments()
+        _on = Instruments(pool_stats)
+
+
+def add(child, amount=1):
+    """Count on a counter child: a dictionary update, written by the next flush()."""
+    counted = _on.counted
+    counted[child] = counted.get(child, 0) + amount
+
+
+def flush():
+    """Write what was counted since the last flush, and the pool's figures, to prometheus_client.
+    The request thread may add() meanwhile: dict.copy() is atomic, and what it misses is
+    written by the next flush."""
+    if _on is None:
+        return
+    with _on.flush_lock:
+        for child, total in _on.counted.copy().items():
+            new = total - _on.written.get(child, 0)
+            if new:
+                child.inc(new)
+                _on.written[child] = total
+        if _on.pool_stats is not None:
+            pool(_on.pool_stats())
+
+
+def flush_every(seconds):
+    """Flush in a thread of this process every `seconds`, so that an idle worker's last counts
+    reach the scrapes too (gunicorn's post_worker_init)."""
+    def flush_forever():
+        while True:
+            time.sleep(seconds)
+            flush()
+
+    if _on is not None:
+        threading.Thread(target=flush_forever, name="metrics-flush", daemon=True).start()
 
 
 def enabled():
@@ -95,7 +143,7 @@ def request(route, status, seconds):
     if children is None:
         children = _on.request_children[(route, status)] = (
             _on.requests.labels(route, str(status)), _on.duration.labels(route))
-    children[0].inc()
+    add(children[0])
     children[1].observe(seconds)
 
 
@@ -103,38 +151,30 @@ def purchase(outcome, item_id, quantity):
     if _on is None:
         return
     child = _on.purchase_children.get(outcome)
-    (child if child is not None else _on.purchases.labels(outcome)).inc()
+    add(child if child is not None else _on.purchases.labels(outcome))
     if outcome == "sold":
         units = _on.units_children.get(item_id)
         if units is None:
             units = _on.units_children[item_id] = _on.units_sold.labels(str(item_id))
-        units.inc(quantity)
+        add(units, quantity)
 
 
 def sold_out_cache_hit():
     if _on is not None:
-        _on.cache_hits.inc()
+        add(_on.cache_hits_child)
 
 
 def db_retry(exc):
     if _on is not None:
         names = (cls.__name__ for cls in type(exc).__mro__)
-        _on.retries.labels(next((RETRY_REASONS[n] for n in names if n in RETRY_REASONS), "other")).inc()
+        add(_on.retries.labels(next((RETRY_REASONS[n] for n in names if n in RETRY_REASONS), "other")))
 
 
 def unavailable(reason):
     """A 503: "pool_timeout", "statement_timeout", "database_unreachable", "deadline_passed" or
     "retries_exhausted"."""
     if _on is not None:
-        _on.unavailable.labels(reason).inc()
-
-
-def pool_stats_due():
-    """True about once a second: time to copy the pool's figures (cheap to ask per request)."""
-    if _on is None or time.monotonic() < _on.pool_stats_due:
-        return False
-    _on.pool_stats_due = time.monotonic() + POOL_STATS_SECONDS
-    return True
+        add(_on.unavailable.labels(reason))
 
 
 def replication(mode):
@@ -171,6 +211,7 @@ def exposition():
     """(body, content type) of a scrape: every worker's figures under gunicorn, else this process's."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
+    flush()
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -26,19 +26,18 @@ error_logger = logging.getLogger("flashsale.error")
 
 def install(app, settings, pool_stats):
     """Observe every request of the Flask `app`; `pool_stats` returns psycopg_pool's pop_stats()."""
-    metrics.start(settings.metrics)
+    metrics.start(settings.metrics, pool_stats)
     setup_logging(settings.log_format)
-    app.wsgi_app = Observed(app.wsgi_app, settings.access_log, pool_stats)
+    app.wsgi_app = Observed(app.wsgi_app, settings.access_log)
 
 
 class Observed:
     """WSGI middleware: the request id, in the environ and in every answer; the request's
-    metrics; its access log line; and, about once a second, the pool's figures."""
+    metrics; and its access log line."""
 
-    def __init__(self, app, access_log, pool_stats):
+    def __init__(self, app, access_log):
         self.app = app
         self.access_log = access_log
-        self.pool_stats = pool_stats
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -56,10 +55,7 @@ class Observed:
         body = self.app(environ, start_with_id)  # Flask has started the answer when it returns
         seconds = time.perf_counter() - started
         status = int(answer[0][:3])
-        if metrics.enabled():
-            metrics.request(answer[1], status, seconds)
-            if metrics.pool_stats_due():
-                metrics.pool(self.pool_stats())
+        metrics.request(answer[1], status, seconds)
         if self.access_log:
             log_request(environ, status, seconds)
         return body

@@ -31,28 +31,32 @@ from local_server import LocalServer  # noqa: E402
 BENCH = ROOT / "bench"
 PGBIN = Path(max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/bin")))
 AMPLE_STOCK = 100_000_000
-SETUP_SECONDS = 3  # a server's start, warm-up and reset around each measurement, for the estimate
+SETUP_SECONDS = 3  # a server's start, warm-up and reset around a measurement, for the estimate
+FEATURE_SETUP_SECONDS = 13  # a feature's two servers started, stopped, and warmed twice each
+LOAD_GAP_SECONDS = 0.3  # between two loads of warm servers
+BURST_SECONDS = 10  # wrk's -d for the burst: far more than it needs
 
 
 class Progress:
     """Prints which measurement runs now, and about how long the whole run has left."""
 
     def __init__(self, planned, seconds):
-        self.planned, self.seconds, self.done = planned, seconds, 0
+        self.planned, self.left, self.done = planned, seconds, 0
 
-    def __call__(self, what):
+    def __call__(self, what, seconds, setup):
         self.done += 1
-        left = (self.planned - self.done + 1) * (self.seconds + SETUP_SECONDS)
-        print(f"[{self.done}/{self.planned}] {what}: {self.seconds} s; about {left // 60} min "
+        left = round(self.left)
+        print(f"[{self.done}/{self.planned}] {what}: {seconds} s; about {left // 60} min "
               f"{left % 60:02d} s left", flush=True)
+        self.left = max(0, self.left - seconds - setup)
 
 
 progress = None  # set by main()
 
 
-def announce(what):
+def announce(what, seconds, setup=SETUP_SECONDS):
     if progress:
-        progress(what)
+        progress(what, seconds, setup)
 
 
 def fresh_host():
@@ -98,11 +102,20 @@ def token_file():
     return secret, path
 
 
-def verified_mode(workers):
-    secret, path = token_file()
-    server = gunicorn(workers, **{**NO_AUTH, "AUTH_JWT_SECRET": secret, "AUTH_JWT_ALGORITHMS": "HS256"})
-    server.wrk_args = (str(path),)
+def with_tokens(server):
+    server.wrk_args = (str(token_file()[1]),)
     return server
+
+
+# Both modes get the same requests, a token and the user id its sub names, so that the row
+# measures the check and not the bytes of the header (docs/auth.md has what those cost).
+def open_mode(workers):
+    return with_tokens(gunicorn(workers, **NO_AUTH))
+
+
+def verified_mode(workers):
+    return with_tokens(gunicorn(workers, **{**NO_AUTH, "AUTH_JWT_SECRET": token_file()[0],
+                                            "AUTH_JWT_ALGORITHMS": "HS256"}))
 
 
 def behind_nginx(workers, app="app:app", **env):
@@ -117,7 +130,7 @@ def behind_nginx(workers, app="app:app", **env):
 FEATURES = {
     # docs/deadline.md: off is plain psycopg connections, whose waits nothing bounds.
     "client deadline": (configured(DB_CLIENT_DEADLINE="0"), gunicorn),
-    "verified tokens": (configured(**NO_AUTH), verified_mode),
+    "verified tokens": (open_mode, verified_mode),
     "nginx": (gunicorn, behind_nginx),
     # docs/observe.md: metrics on against both off, then with the access log too.
     "metrics": (configured(METRICS="0", ACCESS_LOG="0"), configured(METRICS="1", ACCESS_LOG="0")),
@@ -143,7 +156,7 @@ def wrk(url, seconds, connections, items=1, limit=None, extra=()):
 
 
 def database_ceiling(database_url, seconds, connections):
-    announce("database ceiling (pgbench)")
+    announce("database ceiling (pgbench)", seconds)
     reset_db.reset(stock=AMPLE_STOCK, max_per_user=AMPLE_STOCK, database_url=database_url)
     command = [str(PGBIN / "pgbench"), "-n", "-M", "prepared", "-c", str(connections), "-j", "2",
                "-T", str(seconds), "-f", str(BENCH / "purchase.pgbench"), database_url]
@@ -164,7 +177,7 @@ def service_run(database_url, seconds, workers, stock, items=1, connections=50, 
                 what="the service"):
     """Serve `items` items with `stock` units each with `workers` warm workers, load them with wrk.
     `serve(workers)` makes the server; plain gunicorn by default."""
-    announce(what)
+    announce(what, seconds)
     with (serve or gunicorn)(workers) as server:
         extra = getattr(server, "wrk_args", ())
         reset_db.reset(stock=AMPLE_STOCK, max_per_user=AMPLE_STOCK, database_url=database_url)
@@ -175,7 +188,7 @@ def service_run(database_url, seconds, workers, stock, items=1, connections=50, 
 
 def http_ceiling(seconds, workers):
     """The constant 409, on warm workers as the service's are."""
-    announce("HTTP ceiling (constant 409)")
+    announce("HTTP ceiling (constant 409)", seconds)
     with gunicorn(workers, "bench.ceiling_app:app") as ceiling:
         warm_up(f"{ceiling.url}/buy_ticket")
         return wrk(f"{ceiling.url}/buy_ticket", seconds, 50)
@@ -199,47 +212,66 @@ def interleaved(ceiling, service, rounds):
 
 
 def feature_cost(database_url, seconds, workers, rounds, off, on, name):
-    """Purchases/s and sold-out answers/s with the feature on, against off, interleaved as the
-    ceilings are: off, on, off, ..., off."""
+    """Purchases/s and sold-out answers/s with the feature on, against off. Both servers stay up
+    and warm, and wrk loads them in turn, off first and last (off, on, off, ..., off): each `on`
+    run is divided by the mean of the `off` runs around it, so that short runs follow the
+    machine's drift closely, and the median ratio is the one reported."""
     cost = {}
-    for kind, stock in [("purchases", AMPLE_STOCK), ("sold_out", 0)]:
-        baseline, measured = interleaved(
-            lambda: service_run(database_url, seconds, workers, stock, serve=off, what=f"{name} off, {kind}"),
-            lambda: service_run(database_url, seconds, workers, stock, serve=on, what=f"{name} on, {kind}"),
-            rounds)
-        refused = {status: count for status, count in measured["statuses"].items() if status in ("401", "403", "422")}
-        if refused:  # the load itself was wrong (a token refused, say): its speed would mean nothing
-            sys.exit(f"feature {name} on, {kind}: the service refused the requests: {refused}")
-        cost[kind] = {"off": baseline["per_second"], "on": measured["per_second"],
-                      "ratios": measured["ratios"], "ratio": sorted(measured["ratios"])[rounds // 2]}
+    with off(workers) as off_server, on(workers) as on_server:
+        for kind, stock in [("purchases", AMPLE_STOCK), ("sold_out", 0)]:
+            reset_db.reset(stock=AMPLE_STOCK, max_per_user=AMPLE_STOCK, database_url=database_url)
+            for server in off_server, on_server:
+                warm_up(f"{server.url}/buy_ticket", extra=getattr(server, "wrk_args", ()))
+            reset_db.reset(stock=stock, max_per_user=AMPLE_STOCK, database_url=database_url)
+            baseline, measured = interleaved(
+                lambda: load(off_server, seconds, f"{name} off, {kind}"),
+                lambda: load(on_server, seconds, f"{name} on, {kind}"), rounds)
+            refused = {status: n for status, n in measured["statuses"].items() if status in ("401", "403", "422")}
+            if refused:  # the load itself was wrong (a token refused, say): its speed would mean nothing
+                sys.exit(f"feature {name} on, {kind}: the service refused the requests: {refused}")
+            cost[kind] = {"off": baseline["per_second"], "on": measured["per_second"],
+                          "ratios": measured["ratios"], "ratio": sorted(measured["ratios"])[rounds // 2]}
     return cost
 
 
-def planned_measurements(rounds, scaling):
-    """How many measurements measure() makes, for the progress lines."""
-    interleaved_pair = 2 * rounds + 1
-    return interleaved_pair * (2 + 2 * len(FEATURES)) + 1 + (6 if scaling else 0)
+def load(server, seconds, what):
+    announce(what, seconds, LOAD_GAP_SECONDS)
+    return wrk(f"{server.url}/buy_ticket", seconds, 50, extra=getattr(server, "wrk_args", ()))
 
 
-def measure(database_url, seconds, workers, scaling, burst_stock, rounds):
-    results = {"workers": workers, "seconds": seconds, "rounds": rounds}
+def planned(options):
+    """How many measurements measure() makes, and about how many seconds they take."""
+    ceiling_runs = 2 * (2 * options.rounds + 1)
+    feature_runs = len(FEATURES) * 2 * (2 * options.feature_rounds + 1)
+    scaling_runs = 6 if options.scaling else 0
+    seconds = ((ceiling_runs + scaling_runs) * (options.seconds + SETUP_SECONDS)
+               + feature_runs * (options.feature_seconds + LOAD_GAP_SECONDS)
+               + len(FEATURES) * FEATURE_SETUP_SECONDS + BURST_SECONDS + SETUP_SECONDS)
+    return ceiling_runs + feature_runs + 1 + scaling_runs, seconds
+
+
+def measure(database_url, options):
+    seconds, workers, rounds, burst_stock = options.seconds, options.workers, options.rounds, options.burst_stock
+    results = {"workers": workers, "seconds": seconds, "rounds": rounds,
+               "feature_seconds": options.feature_seconds, "feature_rounds": options.feature_rounds}
     results["database_ceiling"], results["purchases"] = interleaved(
         lambda: database_ceiling(database_url, seconds, workers),
         lambda: service_run(database_url, seconds, workers, AMPLE_STOCK, what="purchases, 1 hot item"), rounds)
     results["http_ceiling"], results["sold_out"] = interleaved(
         lambda: http_ceiling(seconds, workers),
         lambda: service_run(database_url, seconds, workers, 0, what="sold-out answers"), rounds)
-    results["features"] = {name: feature_cost(database_url, seconds, workers, rounds, off, on, name)
+    results["features"] = {name: feature_cost(database_url, options.feature_seconds, workers,
+                                              options.feature_rounds, off, on, name)
                            for name, (off, on) in FEATURES.items()}
     # wrk runs for its whole -d even when its thread stopped early: the figures come from buy.lua.
-    burst = service_run(database_url, 10, workers, burst_stock, limit=10 * burst_stock,
+    burst = service_run(database_url, BURST_SECONDS, workers, burst_stock, limit=10 * burst_stock,
                         what=f"burst: {burst_stock} units, {10 * burst_stock} requests")
     with db.connect(database_url) as conn:
         item = conn.execute(db.query("get_item"), {"item_id": 1}).fetchone()
     exact = item["remaining"] == 0 and burst["statuses"].get("201") == item["sold"] == burst_stock
     no_5xx = not any(status.startswith("5") for status in burst["statuses"])
     results["burst"] = {**burst, "stock": burst_stock, "exact_sell_out": exact, "no_5xx": no_5xx}
-    if scaling:
+    if options.scaling:
         results["purchases_16_items"] = service_run(database_url, seconds, workers, AMPLE_STOCK, items=16,
                                                     what="purchases, 16 items")
         results["purchases_by_workers"] = {
@@ -281,7 +313,9 @@ def print_table(results, smoke):
     for name, cost in results["features"].items():
         print(f"feature {name}: on/off purchases {cost['purchases']['on']:.0f}/{cost['purchases']['off']:.0f} "
               f"= {cost['purchases']['ratio']:.2f}, sold-out {cost['sold_out']['on']:.0f}/"
-              f"{cost['sold_out']['off']:.0f} = {cost['sold_out']['ratio']:.2f} (target >= 0.95)")
+              f"{cost['sold_out']['off']:.0f} = {cost['sold_out']['ratio']:.2f} (target >= 0.95; median of "
+              f"{len(cost['sold_out']['ratios'])} rounds, from {min(cost['sold_out']['ratios']):.2f} to "
+              f"{max(cost['sold_out']['ratios']):.2f})")
     ratios = results["ratios"]
     print(f"ratios: purchases/database ceiling {ratios['purchases_vs_database']:.2f} (target >= 0.60), "
           f"sold-out/HTTP ceiling {ratios['sold_out_vs_http']:.2f} (target >= 0.85), "
@@ -296,20 +330,24 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="service runs between ceiling runs (default 3)")
     settings = configuration.load_or_exit()
     parser.add_argument("--workers", type=int, default=settings.web_concurrency, help="WEB_CONCURRENCY")
-    parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
+    parser.add_argument("--feature-seconds", type=int, default=3,
+                        help="length of each run of a feature row (default 3)")
+    parser.add_argument("--feature-rounds", type=int, default=15,
+                        help="runs with a feature on, each between two with it off (default 15)")
+    parser.add_argument("--no-scaling", dest="scaling", action="store_false", help="skip the scaling runs")
     parser.add_argument("--burst-stock", type=int, default=1000, help="units sold in the burst (default 1000)")
     parser.add_argument("--output", default=str(BENCH / "results" / "latest.json"))
     parser.add_argument("--smoke", action="store_true",
                         help="a second of each measurement, one round, no scaling: checks that the benchmark runs")
     options = parser.parse_args()
     if options.smoke:
-        options.seconds, options.rounds, options.no_scaling, options.burst_stock = 1, 1, True, 100
+        options.seconds, options.rounds, options.scaling, options.burst_stock = 1, 1, False, 100
+        options.feature_seconds, options.feature_rounds = 1, 1
         options.output = str(BENCH / "results" / "smoke.json")
     database_url = settings.database_url
     global progress
-    progress = Progress(planned_measurements(options.rounds, not options.no_scaling), options.seconds)
-    results = measure(database_url, options.seconds, options.workers, not options.no_scaling, options.burst_stock,
-                      options.rounds)
+    progress = Progress(*planned(options))
+    results = measure(database_url, options)
     print_table(results, options.smoke)
     Path(options.output).parent.mkdir(parents=True, exist_ok=True)
     Path(options.output).write_text(json.dumps(results, indent=2) + "\n")

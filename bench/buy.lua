@@ -1,7 +1,7 @@
 -- wrk script: POST /buy_ticket with a distinct user per request.
 -- Arguments (after --): items (buy items 1..items at random, default 1), run name (user prefix),
 -- limit (stop after this many answers in all), threads (wrk's -t, to share the limit), and,
--- for a service that verifies tokens, a file of "user token" lines (bench.py's token_file()).
+-- optionally, a file of "user token" lines (bench.py's token_file()).
 -- Each user id ends with the time its request was sent; a 201 echoes it, which gives the
 -- latency of every purchase; with tokens, the user is the token's and its send time is kept here
 -- until the 201 names it. Prints one line "RESULT {json}": statuses, latency percentiles of
@@ -37,7 +37,8 @@ function init(args)
     if args[5] then load_tokens(args[5]) end
 end
 
--- Verified mode: each request sends the next buyer's token of the file, from a random place in it.
+-- With tokens: each request sends the next buyer's token of the file, from a random place in it,
+-- and that buyer's user id in the body, which open mode reads and verified mode checks.
 function load_tokens(path)
     users, tokens, sent_times = {}, {}, {}
     for line in io.lines(path) do
@@ -51,7 +52,7 @@ end
 local function token_request()
     local index = (first_token + sent) % #tokens + 1
     sent_times[users[index]] = now()
-    local body = string.format('{"item_id": %d}', math.random(items))
+    local body = string.format('{"item_id": %d, "user_id": "%s"}', math.random(items), users[index])
     return wrk.format("POST", "/buy_ticket", { ["Content-Type"] = "application/json",
                                                ["Authorization"] = "Bearer " .. tokens[index] }, body)
 end

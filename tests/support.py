@@ -359,6 +359,27 @@ def scrape(url):
             for family in text_string_to_metric_families(answer.text) for sample in family.samples}
 
 
+def scrape_when(url, condition):
+    """scrape(url) once condition(samples) holds, or the last scrape after wait_for()'s time, for
+    the assertions to explain: each worker writes its counts about once a second
+    (metrics.FLUSH_SECONDS), so a scrape right after a burst may lag the last answers."""
+    samples = {}
+
+    def settled():
+        nonlocal samples
+        samples = scrape(url)
+        return condition(samples)
+
+    wait_for(settled, pause=0.2)
+    return samples
+
+
+def answers_counted(samples, *routes):
+    """The answers of these routes that flashsale_http_requests_total counts."""
+    return sum(value for (name, labels), value in samples.items()
+               if name == "flashsale_http_requests_total" and dict(labels)["route"] in routes)
+
+
 def sample(samples, name, **labels):
     """One sample's value from scrape(), 0 when absent (a counter nothing has counted yet)."""
     return samples.get((name, tuple(sorted(labels.items()))), 0)

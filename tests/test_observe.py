@@ -11,7 +11,7 @@ import requests
 
 import db
 import metrics
-from support import burst, run, sample, scrape
+from support import answers_counted, burst, run, sample, scrape, scrape_when
 
 GENERATED_ID = 32  # uuid4().hex
 
@@ -29,7 +29,7 @@ def test_counters_add_up_to_the_answers(start_server, reset):
     invalid = [server.buy(item_id=0).status_code for _ in range(3)]
     missing = [server.buy(item_id=99).status_code for _ in range(2)]
     assert answers[(201, "created")] == 40 and invalid == [422] * 3 and missing == [404] * 2
-    samples = scrape(server.url)
+    samples = scrape_when(server.url, lambda samples: answers_counted(samples, "/buy_ticket") == 125)
     print(f"answers {dict(answers)}; fast-path sold_out "
           f"{sample(samples, 'flashsale_sold_out_cache_hits_total'):.0f}")
     assert sample(samples, "flashsale_purchases_total", outcome="sold") == 40
@@ -51,7 +51,8 @@ def test_other_routes_are_counted_by_their_rule(start_server, reset):
     server = start_server(WEB_CONCURRENCY="2").wait_ready()
     for path in ["/items/1", "/items/1", "/items/77", "/nowhere", "/items"]:
         requests.get(f"{server.url}{path}", timeout=10)
-    samples = scrape(server.url)
+    samples = scrape_when(server.url, lambda samples: answers_counted(
+        samples, "/items/<int:item_id>", "/items", "unmatched") == 5)
     assert sample(samples, "flashsale_http_requests_total", route="/items/<int:item_id>", status="200") == 2
     assert sample(samples, "flashsale_http_requests_total", route="/items/<int:item_id>", status="404") == 1
     assert sample(samples, "flashsale_http_requests_total", route="unmatched", status="404") == 1
@@ -62,6 +63,7 @@ def test_a_dead_workers_counts_stay_and_its_gauges_go(start_server, reset, tmp_p
     reset(stock=1000)
     server = start_server(WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR=str(tmp_path)).wait_ready()
     answers = burst(server, 40, threads=4)
+    scrape_when(server.url, lambda samples: answers_counted(samples, "/buy_ticket") == 40)  # every worker's counts written
     victim = server.worker_pids()[0]
     assert (tmp_path / f"gauge_livesum_{victim}.db").exists()
     os.kill(victim, signal.SIGKILL)
