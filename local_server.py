@@ -68,7 +68,9 @@ class LocalServer:
         """Wait until /readyz answers 200; raise with gunicorn's output if it never does."""
         seconds = seconds or READY_WAIT_SECONDS
         if not wait_until_ready(self.url, seconds, self.process):
-            raise RuntimeError(f"gunicorn was not ready within {seconds} s:\n{self.output()}")
+            status = self.process.poll()
+            why = f"exited with status {status}" if status is not None else f"was not ready within {seconds} s"
+            raise RuntimeError(f"gunicorn {why}:\n{self.output()}")
         return self
 
     def worker_pids(self):

@@ -7,13 +7,12 @@ environment, so it is imported here only by start(): the master sets the variabl
 (prepare_directory) before it forks the workers, which start() their instruments after the fork.
 Without the variable (Flask's test client, `flask run`) the figures are the process's own.
 
-Counting is on every buyer's path, so a counter is first added up in a dictionary of the
-process, and flush() writes what was added since the last flush to prometheus_client's files:
-under gunicorn a thread of each worker flushes every FLUSH_SECONDS, a scrape flushes the
-serving worker first, and a worker flushes once more as it exits. A scrape may so lag a busy
-worker by up to FLUSH_SECONDS, and a worker killed outright loses at most its last second.
-A histogram is observed through prometheus_client at once (it has no way to add up observations
-beforehand).
+Counting is on every buyer's path, and each prometheus_client update takes a lock and writes
+the file, so a counter is first added up in a dictionary of the process; flush() writes what was
+added since the last flush: under gunicorn a thread of each worker flushes every FLUSH_SECONDS,
+a scrape flushes the serving worker first, and a worker flushes once more as it exits. So a
+scrape may lag a busy worker by up to FLUSH_SECONDS, and a worker killed outright loses at most
+that much. The histogram is observed at once: prometheus_client cannot add observations up.
 
 Until start() runs, and when metrics are off, every update is a no-op.
 """
@@ -80,7 +79,6 @@ class Instruments:
         self.request_children = {}
         self.purchase_children = {outcome: self.purchases.labels(outcome) for outcome in PURCHASE_OUTCOMES}
         self.units_children = {}
-        self.cache_hits_child = self.cache_hits  # an unlabelled counter is its own child
         self.counted = {}  # counter child -> all this process counted; only add() writes here
         self.written = {}  # counter child -> the part of it flush() has written
         self.flush_lock = threading.Lock()  # a scrape and the flush thread may both flush
@@ -161,7 +159,7 @@ def purchase(outcome, item_id, quantity):
 
 def sold_out_cache_hit():
     if _on is not None:
-        add(_on.cache_hits_child)
+        add(_on.cache_hits)
 
 
 def db_retry(exc):

