@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import auth  # noqa: E402
 import db  # noqa: E402
 import metrics  # noqa: E402
+import observe  # noqa: E402
 import schema  # noqa: E402
 import settings as configuration  # noqa: E402
 
@@ -82,11 +83,11 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Once the worker has loaded the app (and made its instruments): its counts reach the
-    metrics files about once a second (metrics.py says why not at once)."""
-    metrics.flush_every(metrics.FLUSH_SECONDS)
+    """Once the worker has loaded the app: its log lines and counts are written in batches, about
+    once a second (observe.py)."""
+    observe.flush_every(observe.FLUSH_SECONDS)
 
 
 def worker_exit(server, worker):
-    metrics.flush()
+    observe.flush()
     db.close_pool()

@@ -46,6 +46,7 @@ class LocalServer:
         address = free_address(host)
         self.url = f"http://{address}"
         self.log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
+        self.final_output = None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", bind or address, app],
             cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
@@ -62,6 +63,10 @@ class LocalServer:
         self.stop()
 
     def output(self):
+        """What gunicorn printed so far; once stopped, all it printed, its workers' last log
+        lines included (they write in batches, observe.py)."""
+        if self.final_output is not None:
+            return self.final_output
         return Path(self.log.name).read_text(errors="replace")
 
     def wait_ready(self, seconds=None):
@@ -87,6 +92,7 @@ class LocalServer:
                 self.process.wait()
         self.log.close()
         if os.path.exists(self.log.name):
+            self.final_output = self.output()
             os.unlink(self.log.name)
 
     def buy(self, item_id=1, user_id="alice", quantity=1, key=None, timeout=15):

@@ -9,10 +9,11 @@ Without the variable (Flask's test client, `flask run`) the figures are the proc
 
 Counting is on every buyer's path, and each prometheus_client update takes a lock and writes
 the file, so a counter is first added up in a dictionary of the process; flush() writes what was
-added since the last flush: under gunicorn a thread of each worker flushes every FLUSH_SECONDS,
-a scrape flushes the serving worker first, and a worker flushes once more as it exits. So a
-scrape may lag a busy worker by up to FLUSH_SECONDS, and a worker killed outright loses at most
-that much. The histogram is observed at once: prometheus_client cannot add observations up.
+added since the last flush: under gunicorn a thread of each worker flushes every second
+(observe.flush_every), a scrape flushes the serving worker first, and a worker flushes once more
+as it exits. So a scrape may lag a busy worker by up to a second, and a worker killed outright
+loses at most that much. The histogram is observed at once: prometheus_client cannot add
+observations up.
 
 Until start() runs, and when metrics are off, every update is a no-op.
 """
@@ -20,7 +21,6 @@ import glob
 import ipaddress
 import os
 import threading
-import time
 
 PURCHASE_OUTCOMES = ("sold", "replayed", "idempotency_key_reused", "item_not_found", "sale_not_started",
                      "sale_ended", "sold_out", "limit_reached", "unavailable")
@@ -28,7 +28,6 @@ PURCHASE_OUTCOMES = ("sold", "replayed", "idempotency_key_reused", "item_not_fou
 RETRY_REASONS = {"SerializationFailure": "serialization_failure", "DeadlockDetected": "deadlock",
                  "UniqueViolation": "unique_violation", "CommitCutOff": "commit_cut_off",
                  "DeadlinePassed": "deadline_passed", "OperationalError": "connection_lost"}
-FLUSH_SECONDS = 1.0  # how often a worker writes its counts, and its pool's figures, to the metrics
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _on = None  # the instruments once start() ran with metrics on
@@ -115,18 +114,6 @@ def flush():
                 _on.written[child] = total
         if _on.pool_stats is not None:
             pool(_on.pool_stats())
-
-
-def flush_every(seconds):
-    """Flush in a thread of this process every `seconds`, so that an idle worker's last counts
-    reach the scrapes too (gunicorn's post_worker_init)."""
-    def flush_forever():
-        while True:
-            time.sleep(seconds)
-            flush()
-
-    if _on is not None:
-        threading.Thread(target=flush_forever, name="metrics-flush", daemon=True).start()
 
 
 def enabled():

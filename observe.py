@@ -2,15 +2,19 @@
 
 Observed wraps the Flask app as WSGI middleware. It runs for every buyer, so it reads the WSGI
 environ and does nothing it was not asked to: no log record without ACCESS_LOG, no metric
-without METRICS.
+without METRICS. Under gunicorn, log lines and counts are written in batches, by a thread of
+each worker every FLUSH_SECONDS and as the worker exits (flush_every, flush).
 """
 import json
 import logging
 import os
 import re
+import select
 import sys
+import threading
 import time
 from datetime import datetime, timezone
+from functools import lru_cache
 
 import metrics
 
@@ -19,25 +23,32 @@ REQUEST_ID = re.compile(f"[!-~]{{1,{MAX_REQUEST_ID_LENGTH}}}")  # visible ASCII
 REQUEST_ID_KEY = "flashsale.request_id"  # in the WSGI environ
 CODE_KEY = "flashsale.code"  # the problem's `code`, set by app.problem_response
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"  # as gunicorn's own lines
+FLUSH_SECONDS = 1.0  # how long a log line or a count may wait in a worker before it is written
+STDERR = 2  # the file descriptor, which gunicorn's own lines go to as well
 
-access_logger = logging.getLogger("flashsale.access")
+ACCESS_LOGGER = "flashsale.access"  # the name access lines carry
 error_logger = logging.getLogger("flashsale.error")
 
 
 def install(app, settings, pool_stats):
     """Observe every request of the Flask `app`; `pool_stats` returns psycopg_pool's pop_stats()."""
     metrics.start(settings.metrics, pool_stats)
-    setup_logging(settings.log_format)
-    app.wsgi_app = Observed(app.wsgi_app, settings.access_log)
+    lines = setup_logging(settings.log_format)
+    access_line = None
+    if settings.access_log:
+        access_line = json_access_line if settings.log_format == "json" else text_access_line
+    app.wsgi_app = Observed(app.wsgi_app, access_line, lines)
 
 
 class Observed:
     """WSGI middleware: the request id, in the environ and in every answer; the request's
-    metrics; and its access log line."""
+    metrics; and its access line, made by `access_line` (None: no access log) and written to
+    `lines`."""
 
-    def __init__(self, app, access_log):
+    def __init__(self, app, access_line, lines):
         self.app = app
-        self.access_log = access_log
+        self.access_line = access_line
+        self.lines = lines
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -56,8 +67,8 @@ class Observed:
         seconds = time.perf_counter() - started
         status = int(answer[0][:3])
         metrics.request(answer[1], status, seconds)
-        if self.access_log:
-            log_request(environ, status, seconds)
+        if self.access_line is not None:
+            self.lines.write(self.access_line(environ, status, seconds))
         return body
 
 
@@ -79,18 +90,42 @@ def target(environ):
     return raw
 
 
-def log_request(environ, status, seconds):
-    fields = {
+# Access lines are made here, in the shapes the formatters below give a log record, rather than
+# through logging: a record costs 14 µs here even in a tight loop (a text line 4 µs, a JSON one
+# 7 µs), and a sold-out answer costs a worker under 400 µs in all.
+
+def text_access_line(environ, status, seconds):
+    now = time.time()
+    return (f"[{local_second(int(now))},{int(now % 1 * 1000):03d}] [{os.getpid()}] [INFO] "
+            f"{environ.get('REQUEST_METHOD', '')} {printable(target(environ))} {status} "
+            f"{environ.get(CODE_KEY) or '-'} {seconds * 1000:.2f}ms request_id={environ[REQUEST_ID_KEY]}")
+
+
+def json_access_line(environ, status, seconds):
+    now = time.time()
+    return json.dumps({
+        "time": f"{utc_second(int(now))}.{int(now % 1 * 1000):03d}+00:00",
+        "level": "info",
+        "logger": ACCESS_LOGGER,
+        "pid": os.getpid(),
         "method": environ.get("REQUEST_METHOD", ""),
         "path": target(environ),
         "status": status,
         "code": environ.get(CODE_KEY),
         "duration_ms": round(seconds * 1000, 2),
         "request_id": environ[REQUEST_ID_KEY],
-    }
-    access_logger.info("%s %s %d %s %.2fms request_id=%s", fields["method"], printable(fields["path"]),
-                       status, fields["code"] or "-", fields["duration_ms"], fields["request_id"],
-                       extra={"fields": fields})
+    })
+
+
+@lru_cache(maxsize=2)
+def local_second(second):
+    """As logging.Formatter's asctime, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+
+
+@lru_cache(maxsize=2)
+def utc_second(second):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def log_unexpected(environ):
@@ -129,13 +164,81 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class BatchedLines(logging.Handler):
+    """Writes log lines to a file descriptor, in batches once `batched` (as nginx's `access_log
+    ... buffer=` does): one write() per PIPE_BUF bytes of whole lines, or per flush(), instead
+    of one a line. A write of at most PIPE_BUF bytes to a pipe is never interleaved with another
+    process's, so the workers' lines stay whole. A warning or worse is written at once."""
+
+    def __init__(self, fd):
+        super().__init__()
+        self.fd = fd
+        self.batched = False
+        self.lines, self.size = [], 0
+
+    def emit(self, record):  # under the handler's lock
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self.add(line, at_once=record.levelno >= logging.WARNING)
+
+    def write(self, line):
+        """Write a line made without a log record (an access line)."""
+        with self.lock:
+            self.add(line)
+
+    def flush(self):
+        with self.lock:
+            self.write_lines()
+
+    def add(self, line, at_once=False):
+        data = (line + "\n").encode("utf-8", "backslashreplace")
+        if self.size + len(data) > select.PIPE_BUF:
+            self.write_lines()
+        self.lines.append(data)
+        self.size += len(data)
+        if at_once or not self.batched:
+            self.write_lines()
+
+    def write_lines(self):
+        data = memoryview(b"".join(self.lines))
+        self.lines, self.size = [], 0
+        while data:
+            data = data[os.write(self.fd, data):]
+
+
 def setup_logging(log_format):
-    """The app's log lines (access and unexpected errors) go to stderr, as text or JSON lines."""
+    """The app's log lines (access and unexpected errors) go to stderr, as text or JSON lines,
+    through the BatchedLines handler returned."""
     logger = logging.getLogger("flashsale")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    sys.stderr.flush()  # what Python buffered for it goes first
+    handler = BatchedLines(STDERR)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    return handler
+
+
+def flush():
+    """Write the log lines and the counts this process holds (gunicorn's worker_exit)."""
+    metrics.flush()
+    for handler in logging.getLogger("flashsale").handlers:
+        handler.flush()
+
+
+def flush_every(seconds):
+    """From now on batch log lines and counts, written by a thread of this process every
+    `seconds` (gunicorn's post_worker_init, once the worker has loaded the app)."""
+    def flush_forever():
+        while True:
+            time.sleep(seconds)
+            flush()
+
+    for handler in logging.getLogger("flashsale").handlers:
+        handler.batched = True
+    threading.Thread(target=flush_forever, name="flush", daemon=True).start()

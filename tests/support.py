@@ -362,7 +362,7 @@ def scrape(url):
 def scrape_when(url, condition):
     """scrape(url) once condition(samples) holds, or the last scrape after wait_for()'s time, for
     the assertions to explain: each worker writes its counts about once a second
-    (metrics.FLUSH_SECONDS), so a scrape right after a burst may lag the last answers."""
+    (observe.FLUSH_SECONDS), so a scrape right after a burst may lag the last answers."""
     samples = {}
 
     def settled():

@@ -164,6 +164,7 @@ def test_json_access_log_has_one_line_per_request(start_server, reset):
         sent[answer.headers["X-Request-ID"]] = answer.status_code
     answer = requests.get(f"{server.url}/items?limit=5", timeout=10)
     sent[answer.headers["X-Request-ID"]] = answer.status_code
+    server.stop()  # the workers write their last lines as they exit
     entries = {entry["request_id"]: entry for entry in log_entries(server, "flashsale.access")}
     assert {request_id: entries[request_id]["status"] for request_id in sent} == sent
     assert entries["test-sold"]["code"] is None and entries["test-sold_out"]["code"] == "sold_out"
@@ -173,11 +174,24 @@ def test_json_access_log_has_one_line_per_request(start_server, reset):
     assert all(entry["duration_ms"] >= 0 and entry["level"] == "info" for entry in entries.values())
 
 
+def test_the_workers_batched_lines_stay_whole(start_server, reset):
+    """Three workers write their lines in batches to one file: one whole line per request."""
+    reset(stock=50)
+    server = start_server(WEB_CONCURRENCY="3", ACCESS_LOG="1", LOG_FORMAT="json").wait_ready()
+    answers = burst(server, 300)
+    server.stop()
+    lines = [line for line in server.output().splitlines() if '"flashsale.access"' in line]
+    entries = [json.loads(line) for line in lines]
+    assert sum(entry["path"] == "/buy_ticket" for entry in entries) == sum(answers.values()) == 300
+    assert len({entry["pid"] for entry in entries}) > 1
+
+
 def test_text_access_log(start_server, reset):
     reset(stock=0)
     server = start_server(WEB_CONCURRENCY="1", ACCESS_LOG="1").wait_ready()
     answer = requests.post(f"{server.url}/buy_ticket", json={"item_id": 1, "user_id": "a"}, timeout=10)
     request_id = answer.headers["X-Request-ID"]
+    server.stop()
     line = next(line for line in server.output().splitlines() if f"request_id={request_id}" in line)
     assert " POST /buy_ticket 409 sold_out " in line and "ms request_id=" in line
 
@@ -186,6 +200,7 @@ def test_no_access_log_unless_asked(start_server, reset):
     reset(stock=1)
     server = start_server(WEB_CONCURRENCY="1").wait_ready()
     request_id = server.buy().headers["X-Request-ID"]
+    server.stop()
     assert request_id not in server.output()
 
 
