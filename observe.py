@@ -13,7 +13,6 @@ import select
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from functools import lru_cache
 
 import metrics
@@ -104,7 +103,7 @@ def text_access_line(environ, status, seconds):
 def json_access_line(environ, status, seconds):
     now = time.time()
     return json.dumps({
-        "time": f"{utc_second(int(now))}.{int(now % 1 * 1000):03d}+00:00",
+        "time": utc_time(now),
         "level": "info",
         "logger": ACCESS_LOGGER,
         "pid": os.getpid(),
@@ -121,6 +120,11 @@ def json_access_line(environ, status, seconds):
 def local_second(second):
     """As logging.Formatter's asctime, to the second."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+
+
+def utc_time(now):
+    """time.time() `now` in ISO 8601, to the millisecond, in UTC: the JSON lines' "time"."""
+    return f"{utc_second(int(now))}.{int(now % 1 * 1000):03d}+00:00"
 
 
 @lru_cache(maxsize=2)
@@ -149,7 +153,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record):
         entry = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": utc_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
