@@ -20,7 +20,7 @@ import metrics
 MAX_REQUEST_ID_LENGTH = 128
 REQUEST_ID = re.compile(f"[!-~]{{1,{MAX_REQUEST_ID_LENGTH}}}")  # visible ASCII
 REQUEST_ID_KEY = "flashsale.request_id"  # in the WSGI environ
-CODE_KEY = "flashsale.code"  # the problem's `code`, set by app.problem_response
+CODE_KEY = "flashsale.code"  # the problem's `code`, set by routes.answers.problem_response
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"  # as gunicorn's own lines
 FLUSH_SECONDS = 1.0  # how long a log line or a count may wait in a worker before it is written
 STDERR = 2  # the file descriptor, which gunicorn's own lines go to as well

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-import app as service
+from routes import answers
 import proof_of_correctness as proof
 import reset_db
 import settings as configuration
@@ -93,11 +93,11 @@ def test_nginx_refuses_what_the_api_refuses_as_problems(start_proxied, reset):
             b"Content-Type: application/json\r\nContent-Length: ")
 
     # A body over the API's limit is refused by nginx before gunicorn sees it.
-    status, answer = raw_request(server.url, head + str(service.MAX_BODY_BYTES + 1).encode())
+    status, answer = raw_request(server.url, head + str(answers.MAX_BODY_BYTES + 1).encode())
     _, problem = assert_raw_problem(answer, 413, "payload_too_large")
     assert problem["detail"] == "The body is over 4 KiB."
     # One at the limit passes nginx and is judged by the app (not JSON): both limits agree.
-    body = b"x" * service.MAX_BODY_BYTES
+    body = b"x" * answers.MAX_BODY_BYTES
     status, answer = raw_request(server.url, head + str(len(body)).encode(), body)
     _, problem = assert_raw_problem(answer, 400, "invalid_json")
 
@@ -107,7 +107,7 @@ def test_nginx_refuses_what_the_api_refuses_as_problems(start_proxied, reset):
     # Chunked bodies: nginx reads them whole and passes them on with a Content-Length.
     chunked = (b"POST /buy_ticket HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                b"Content-Type: application/json\r\nTransfer-Encoding: chunked")
-    too_big = b"x" * (service.MAX_BODY_BYTES + 1)
+    too_big = b"x" * (answers.MAX_BODY_BYTES + 1)
     status, answer = raw_request(server.url, chunked, b"%x\r\n%s\r\n0\r\n\r\n" % (len(too_big), too_big))
     assert_raw_problem(answer, 413, "payload_too_large")
     status, answer = raw_request(server.url, chunked, b"zz\r\nbroken\r\n")

@@ -4,10 +4,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import app as service
+from routes import answers
 from support import open_socket, read_until_closed
 
-GUNICORN_TIMEOUT = service.BODY_TIMEOUT_SECONDS + 3
+GUNICORN_TIMEOUT = answers.BODY_TIMEOUT_SECONDS + 3
 
 
 def connect(server):

@@ -1,0 +1,39 @@
+"""Items on sale: GET /items (paged) and GET /items/<id>."""
+from flask import Blueprint, request
+
+import db
+from db import MAX_INT
+from routes.answers import Problem, iso_times, json_response, overloaded, parse_page
+
+bp = Blueprint("items", __name__)
+
+PAGE_SIZE = 100  # GET /items: items per page unless `limit` says otherwise
+MAX_PAGE_SIZE = 1000
+TIMES = ("sale_starts_at", "sale_ends_at")
+
+
+@bp.get("/items/<int:item_id>")
+def get_item(item_id):
+    try:
+        item = db.get_item(item_id) if 1 <= item_id <= MAX_INT else None
+    except db.Unavailable:
+        raise overloaded("The item could not be read in time. Retry later.") from None
+    if item is None:
+        raise Problem(404, "item_not_found", "Item not found", f"There is no item {item_id}.")
+    return json_response(iso_times(item, *TIMES))
+
+
+@bp.get("/items")
+def list_items():
+    after, limit = parse_page(request.args, MAX_INT, PAGE_SIZE, MAX_PAGE_SIZE)
+    try:
+        rows = db.list_items(after, limit + 1)  # one more tells whether a next page exists
+    except db.Unavailable:
+        raise overloaded("The items could not be read in time. Retry later.") from None
+    items = [iso_times(row, *TIMES) for row in rows[:limit]]
+    next_after = items[-1]["id"] if len(rows) > limit else None
+    return json_response({
+        "items": items,
+        "next_after": next_after,
+        "next": None if next_after is None else f"/items?after={next_after}&limit={limit}",
+    })

@@ -1,0 +1,52 @@
+"""Running the service: /healthz, /readyz, /metrics and the status page."""
+from flask import Blueprint, Response, abort, current_app, render_template, request
+
+import auth
+import db
+import metrics
+from routes.answers import Problem, iso_times, json_response
+from routes.items import TIMES
+
+bp = Blueprint("operations", __name__)
+
+STATUS_PAGE_ITEMS = 1000  # the status page's first rendering; its script reads every page
+
+
+def settings():
+    return current_app.extensions["flashsale.settings"]
+
+
+@bp.get("/status")
+def status_page():
+    try:
+        items, error = [iso_times(row, *TIMES) for row in db.list_items(0, STATUS_PAGE_ITEMS)], None
+    except db.Unavailable:
+        items, error = [], "The database did not answer in time; retrying."
+    return render_template("status.html", items=items, error=error)
+
+
+@bp.get("/metrics")
+def metrics_page():
+    """Prometheus' text format, for METRICS_ALLOW only; to anyone else there is no such page."""
+    # Over a unix socket the peer has no address; only this host's processes reach it, and the
+    # nginx in front (deploy/) puts the client's own address in X-Real-IP, overwriting any.
+    client = request.remote_addr or request.headers.get("X-Real-IP")
+    if not metrics.enabled() or not metrics.allowed(client, settings().metrics_allow):
+        abort(404)
+    metrics.replication(db.ping())
+    body, content_type = metrics.exposition()
+    return Response(body, 200, content_type=content_type)
+
+
+@bp.get("/healthz")
+def healthz():
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    replication = db.ping()
+    metrics.replication(replication)
+    if replication:
+        return json_response({"status": "ready", "auth": auth.mode(settings()), "replication": replication})
+    raise Problem(503, "not_ready", "Not ready", f"The database did not answer within {db.READY_TIMEOUT_SECONDS:g} s.")

@@ -1,0 +1,135 @@
+"""Purchases: POST /buy_ticket, and a verified buyer's own purchases."""
+from flask import Blueprint, current_app, request
+
+import db
+from db import MAX_BIGINT, MAX_INT
+from routes.answers import (Problem, check_buyer, check_item_id, check_known_fields, check_user_id,
+                            idempotency_key, invalid, json_response, overloaded, parse_json_object,
+                            parse_page, problem_response, whole_number)
+import metrics
+
+bp = Blueprint("purchases", __name__)
+
+MAX_QUANTITY = 1000
+BUY_FIELDS = {"item_id", "user_id", "quantity"}
+PAGE_SIZE = 20  # GET /purchases
+MAX_PAGE_SIZE = 100
+# Outcomes of buy_ticket.sql that refuse the purchase, each the `code` of its answer:
+# status, title, detail.
+REFUSALS = {
+    "item_not_found": (404, "Item not found", "There is no item {item_id}."),
+    "sale_not_started": (409, "Sale not started", "The sale of item {item_id} has not started yet."),
+    "sale_ended": (409, "Sale ended", "The sale of item {item_id} has ended."),
+    "sold_out": (409, "Sold out", "Item {item_id} has fewer than {quantity} units left."),
+    "limit_reached": (409, "Purchase limit reached",
+                      "User {user_id!r} would exceed the per-user limit of item {item_id}."),
+    "idempotency_key_reused": (422, "Idempotency key reused",
+                               "This Idempotency-Key was already used for a different purchase."),
+}
+
+
+def verifier():
+    """The app's token Verifier; None in open mode."""
+    return current_app.extensions["flashsale.verifier"]
+
+
+def parse_purchase(environ, buyer=None):
+    """The purchase asked for: (item_id, user_id, quantity, idempotency_key), or a Problem.
+    With a verified `buyer`, user_id may be left out, and must be the buyer if given."""
+    body = parse_json_object(environ)
+    body.setdefault("quantity", 1)
+    if buyer is not None:
+        body.setdefault("user_id", buyer)
+    errors = []
+    check_item_id(body, errors)
+    check_user_id(body, errors)
+    if not whole_number(body["quantity"], 1, MAX_QUANTITY):
+        errors.append({"field": "quantity", "message": f"must be a whole number from 1 to {MAX_QUANTITY}"})
+    check_known_fields(body, BUY_FIELDS, errors)
+    key = idempotency_key(environ, errors)
+    if errors:
+        raise invalid(errors)
+    check_buyer(body, buyer)
+    return body["item_id"], body["user_id"], body["quantity"], key
+
+
+def purchase_unavailable(unavailable, key):
+    """The 503 for a purchase the database did not complete in time. When a COMMIT was cut off,
+    the purchase may have been made: only its idempotency key can tell, so say so."""
+    if not unavailable.outcome_unknown:
+        return overloaded("The purchase could not be completed in time; nothing was sold. Retry later.")
+    if key is not None:
+        return overloaded("The database stopped answering while the purchase was committed, so it may "
+                          "or may not have been made. Retry with the same Idempotency-Key: that "
+                          "returns the purchase if it was made, and makes it once if not.")
+    return overloaded("The database stopped answering while the purchase was committed, so it may or "
+                      "may not have been made. A retry without an Idempotency-Key could buy twice: "
+                      "send purchases with an Idempotency-Key, and retry with the same one.")
+
+
+def purchase_json(row):
+    return {"purchase_id": row["id"], "item_id": row["item_id"], "user_id": row["user_id"],
+            "quantity": row["quantity"], "created_at": row["created_at"].isoformat()}
+
+
+def verified_buyer():
+    check = verifier()
+    if check is None:
+        raise Problem(404, "verified_mode_required", "Not available in open mode",
+                      "A buyer's purchases are served only when tokens are verified "
+                      "(AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY).")
+    return check.buyer(request.environ.get("HTTP_AUTHORIZATION"))
+
+
+@bp.post("/buy_ticket")
+def buy_ticket():
+    environ = request.environ
+    check = verifier()
+    # Before anything else, the sold-out fast path included: every buyer shows a valid token.
+    buyer = check.buyer(environ.get("HTTP_AUTHORIZATION")) if check else None
+    item_id, user_id, quantity, key = parse_purchase(environ, buyer)
+    try:
+        row = db.buy_ticket(item_id, user_id, quantity, key)
+    except db.Unavailable as exc:
+        metrics.purchase("unavailable", item_id, quantity)
+        raise purchase_unavailable(exc, key) from None
+    outcome = row["outcome"]
+    metrics.purchase(outcome, item_id, quantity)
+    if outcome in REFUSALS:
+        status, title, detail = REFUSALS[outcome]
+        detail = detail.format(item_id=item_id, user_id=user_id, quantity=quantity)
+        return problem_response(Problem(status, outcome, title, detail))
+    purchase = {
+        "purchase_id": row["purchase_id"],
+        "item_id": row["item_id"],
+        "user_id": user_id,
+        "quantity": row["quantity"],
+        "remaining": row["remaining"],
+    }
+    replayed = outcome == "replayed" and key is not None
+    return json_response(purchase, 201, {"Idempotent-Replayed": "true"} if replayed else None)
+
+
+@bp.get("/purchases")
+def list_purchases():
+    buyer = verified_buyer()
+    after, limit = parse_page(request.args, MAX_BIGINT, PAGE_SIZE, MAX_PAGE_SIZE)
+    try:
+        rows = db.buyer_purchases(buyer, after or None, limit + 1)  # one more: is there a next page?
+    except db.Unavailable:
+        raise overloaded("The purchases could not be read in time. Retry later.") from None
+    page = [purchase_json(row) for row in rows[:limit]]
+    next_after = page[-1]["purchase_id"] if len(rows) > limit else None
+    return json_response({"purchases": page, "next_after": next_after})
+
+
+@bp.get("/purchases/<int:purchase_id>")
+def get_purchase(purchase_id):
+    buyer = verified_buyer()
+    try:
+        row = db.buyer_purchase(buyer, purchase_id) if purchase_id <= MAX_BIGINT else None
+    except db.Unavailable:
+        raise overloaded("The purchase could not be read in time. Retry later.") from None
+    if row is None:  # the same answer whether it is another buyer's or does not exist
+        raise Problem(404, "purchase_not_found", "Purchase not found", f"You have no purchase {purchase_id}.")
+    return json_response(purchase_json(row))
