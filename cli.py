@@ -24,7 +24,8 @@ LIST_PAGE_SIZE = 100
 EXPORT_BATCH_ROWS = 5000  # rows fetched from the server-side cursor at a time
 EXPORT_PROGRESS_ROWS = 100_000
 NAME_COLUMN_WIDTH = 30
-EXPORT_COLUMNS = ["purchase_id", "user_id", "quantity", "created_at"]
+EXPORT_COLUMNS = ["purchase_id", "user_id", "quantity", "created_at", "status"]
+MAX_HOLD_SECONDS = 86400  # a payment window of up to a day
 
 
 class CommandError(click.ClickException):
@@ -128,6 +129,10 @@ def state(item):
     return item["state"].replace("_", " ")  # list_items.sql says 'sold_out'
 
 
+def payment_window(item):
+    return f"{item['hold_seconds']} s" if item["hold_seconds"] else "none"
+
+
 def run(conn, name, params=None):
     """The rows of queries/<name>.sql, in a transaction of their own."""
     with conn.transaction():
@@ -207,7 +212,10 @@ def sale_group():
 @click.option("--max-per-user", type=UNITS, help="units one user may buy (default: the stock)")
 @click.option("--starts-at", type=Timestamp(), help="when the sale opens, ISO-8601 with a zone (default: now)")
 @click.option("--ends-at", type=Timestamp(), help="when it closes, ISO-8601 with a zone (default: never)")
-def sale_create(name, stock, max_per_user, starts_at, ends_at):
+@click.option("--hold-seconds", type=click.IntRange(1, MAX_HOLD_SECONDS),
+              help="payment window: a purchase holds its units this long until confirmed, then they "
+                   "go back on sale (default: none, a purchase is final at once)")
+def sale_create(name, stock, max_per_user, starts_at, ends_at, hold_seconds):
     """Put a new item on sale and print its id."""
     name = name.strip()
     if not 1 <= len(name) <= MAX_NAME_LENGTH:
@@ -219,7 +227,7 @@ def sale_create(name, stock, max_per_user, starts_at, ends_at):
     with db.connect() as conn:
         row = run(conn, "create_item", {
             "name": name, "stock": stock, "max_per_user": max_per_user or stock,
-            "sale_starts_at": starts_at, "sale_ends_at": ends_at,
+            "sale_starts_at": starts_at, "sale_ends_at": ends_at, "hold_seconds": hold_seconds,
         })[0]
     click.echo(row["id"])
 
@@ -243,14 +251,16 @@ def short(name):
 
 @sale_group.command("list")
 def sale_list():
-    """Print every sale: id, name, stock, sold, remaining, buyers, window and state."""
+    """Print every sale: id, name, stock, sold, held, remaining, buyers, window, payment window
+    and state."""
     with db.connect() as conn:
         rows = [[str(item["id"]), short(item["name"]), str(item["stock"]), str(item["sold"]),
-                 str(item["remaining"]), str(buyers), window(item), state(item)]
+                 str(item["held"]), str(item["remaining"]), str(buyers), window(item),
+                 payment_window(item), state(item)]
                 for item, buyers in list_rows(conn)]
-    header = ["id", "name", "stock", "sold", "remaining", "buyers", "window", "state"]
+    header = ["id", "name", "stock", "sold", "held", "remaining", "buyers", "window", "payment", "state"]
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
-    right = {0, 2, 3, 4, 5}  # numbers
+    right = {0, 2, 3, 4, 5, 6}  # numbers
     for row in [header, *rows]:
         cells = [cell.rjust(width) if index in right else cell.ljust(width)
                  for index, (cell, width) in enumerate(zip(row, widths))]
@@ -273,8 +283,8 @@ def sell_out_seconds(item, found):
 @sale_group.command("show")
 @click.argument("item_id", metavar="ID", type=ITEM_ID)
 def sale_show(item_id):
-    """Print one sale: its figures, window and state, its first and last sale, and how long it
-    took to sell out."""
+    """Print one sale: its figures, window, payment window and state, its first and last sale,
+    and how long it took to sell out."""
     with db.connect() as conn:
         item = find_item(conn, item_id, "show")
         found = stats(conn, [item_id]).get(item_id)
@@ -285,10 +295,12 @@ def sale_show(item_id):
         ("state", state(item)),
         ("stock", item["stock"]),
         ("sold", item["sold"]),
+        ("held", f"{item['held']} ({found['holds'] if found else 0} holds open)"),
         ("remaining", item["remaining"]),
         ("buyers", found["buyers"] if found else 0),
         ("max per user", item["max_per_user"]),
         ("window", window(item)),
+        ("payment", payment_window(item)),
         ("first sale", precise_utc(found["first_sale_at"]) if found else "-"),
         ("last sale", precise_utc(found["last_sale_at"]) if found else "-"),
         ("sold out in", f"{seconds:.3f} s" if seconds is not None else "-"),
@@ -318,14 +330,14 @@ def sale_restock(item_id, units):
     SOLD_OUT_CACHE_SECONDS before it sells the new units."""
     try:
         with db.connect() as conn:
-            rows = run(conn, "restock_item", {"item_id": item_id, "units": units})
+            if not run(conn, "restock_item", {"item_id": item_id, "units": units}):
+                raise CommandError(f"flask sale restock: there is no item {item_id}")
+            item = find_item(conn, item_id, "restock")
     except psycopg.errors.NumericValueOutOfRange:
         raise CommandError(f"flask sale restock: item {item_id}'s stock would exceed {MAX_INT}") from None
-    if not rows:
-        raise CommandError(f"flask sale restock: there is no item {item_id}")
     cache = configuration.load().sold_out_cache
-    click.echo(f"Item {item_id}: +{units} units, stock {rows[0]['stock']}, remaining "
-               f"{rows[0]['remaining']}. Workers that saw it sold out sell again within {cache:g} s "
+    click.echo(f"Item {item_id}: +{units} units, stock {item['stock']}, remaining {item['remaining']}, "
+               f"held {item['held']}. Workers that saw it sold out sell again within {cache:g} s "
                f"(SOLD_OUT_CACHE_SECONDS).")
 
 
@@ -335,7 +347,8 @@ def export_rows(conn, item_id):
         cursor.itersize = EXPORT_BATCH_ROWS
         cursor.execute(db.query("export_purchases"), {"item_id": item_id})
         for row in cursor:
-            yield [row["purchase_id"], row["user_id"], row["quantity"], precise_utc(row["created_at"])]
+            yield [row["purchase_id"], row["user_id"], row["quantity"], precise_utc(row["created_at"]),
+                   row["status"]]
 
 
 def write_csv(conn, item_id, out, progress):
@@ -355,7 +368,8 @@ def write_csv(conn, item_id, out, progress):
               help="the CSV file to write (default: standard output)")
 def sale_export(item_id, output):
     """Write the sale's purchases as CSV for fulfilment: purchase_id, user_id, quantity,
-    created_at (UTC). Streams: a million rows never sit in memory. The file appears only when
+    created_at (UTC) and status (confirmed, held, cancelled or expired: fulfil the confirmed
+    ones). Streams: a million rows never sit in memory. The file appears only when
     complete."""
     def progress(line):
         click.echo(line, err=True)
@@ -382,3 +396,14 @@ def write_file(conn, item_id, output, progress):
     finally:
         temporary.unlink(missing_ok=True)
     return count
+
+
+@sale_group.command("expire")
+def sale_expire():
+    """Expire every hold past its expiry now and put its units back on sale: one sweep, as each
+    worker's sweeper makes every HOLD_SWEEP_SECONDS. Safe beside them: each hold's units come
+    back once."""
+    with db.connect() as conn:
+        rows = db.expire_holds(conn)
+    holds, units = sum(row["holds"] for row in rows), sum(row["units"] for row in rows)
+    click.echo(f"Expired {holds} holds of {len(rows)} items: {units} units back on sale.")

@@ -248,8 +248,9 @@ def _run(name, params):
 
 
 # Item id -> time.monotonic() until which this process answers sold_out without asking the
-# database. Set only when the database said that nothing is left; stock comes back only by
-# `flask sale restock` or a re-seeded sale, which this process sees once the entry expires.
+# database. Set only when the database said that nothing is left, until the first hold open then
+# would expire; stock comes back otherwise only by `flask sale restock`, a cancelled hold or a
+# re-seeded sale, which this process sees once the entry expires.
 _sold_out_until = {}
 
 
@@ -261,7 +262,7 @@ def buy_ticket(item_id, user_id, quantity, idempotency_key=None):
     one always asks the database, which may hold the purchase to replay."""
     if idempotency_key is None and _sold_out_until.get(item_id, 0) > time.monotonic():
         metrics.sold_out_cache_hit()
-        return {"outcome": "sold_out", "remaining": 0}
+        return {"outcome": "sold_out", "remaining": 0, "expired": 0, "released": 0}
     params = {
         "item_id": item_id,
         "user_id": user_id,
@@ -270,8 +271,47 @@ def buy_ticket(item_id, user_id, quantity, idempotency_key=None):
     }
     row = _run("buy_ticket", params)[0]
     if row["outcome"] in ("sold", "sold_out") and row["remaining"] == 0 and _settings.sold_out_cache:
-        _sold_out_until[item_id] = time.monotonic() + _settings.sold_out_cache
+        units_return_in = row["units_return_in"]
+        seconds = _settings.sold_out_cache if units_return_in is None else min(_settings.sold_out_cache,
+                                                                               float(units_return_in))
+        _sold_out_until[item_id] = time.monotonic() + seconds
     return row
+
+
+def confirm_purchase(user_id, purchase_id):
+    """Confirm the user's hold: the row of confirm_purchase.sql."""
+    return _run("confirm_purchase", {"user_id": user_id, "purchase_id": purchase_id})[0]
+
+
+def cancel_purchase(user_id, purchase_id):
+    """Cancel the user's hold and return its units: the row of cancel_purchase.sql."""
+    return _run("cancel_purchase", {"user_id": user_id, "purchase_id": purchase_id})[0]
+
+
+def expire_holds(conn):
+    """One sweep on `conn`: expire every hold past its expiry, return its units. Rows of
+    expire_holds.sql, one per item that got units back."""
+    with conn.transaction():
+        return conn.execute(query("expire_holds")).fetchall()
+
+
+# The sweeper borrows its worker's pooled connection only when one is idle: a busy worker's
+# sweep is skipped rather than counted as a buyer's wait or timeout.
+SWEEP_POOL_WAIT_SECONDS = 0.01
+
+
+def sweep_holds():
+    """One sweep on this process's pool, within the retry budget; None when the pool had no idle
+    connection or the database did not answer (the next sweep tries again)."""
+    pool = open_pool()
+    if not pool.get_stats().get("pool_available"):
+        return None
+    try:
+        with (waits_end_by(time.monotonic() + _settings.retry_budget),
+              pool.connection(timeout=SWEEP_POOL_WAIT_SECONDS) as conn):
+            return expire_holds(conn)
+    except (PoolTimeout, psycopg.Error):
+        return None
 
 
 def get_item(item_id):
@@ -294,6 +334,11 @@ def buyer_purchase(user_id, purchase_id):
 def list_items(after, limit):
     """Rows of list_items.sql: up to `limit` items with ids above `after`, each with its state."""
     return _run("list_items", {"after": after, "limit": limit})
+
+
+def units_held():
+    """{item id: units held by holds open now}, for the items that have any."""
+    return {row["item_id"]: row["units"] for row in _run("units_held", {})}
 
 
 def pop_pool_stats():

@@ -12,6 +12,7 @@ import metrics  # noqa: E402
 import observe  # noqa: E402
 import schema  # noqa: E402
 import settings as configuration  # noqa: E402
+import sweeper  # noqa: E402
 
 settings = configuration.load_or_exit()
 
@@ -84,8 +85,9 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """Once the worker has loaded the app: its log lines and counts are written in batches, about
-    once a second (observe.py)."""
+    once a second (observe.py), and its sweeper expires holds (sweeper.py)."""
     observe.flush_every(observe.FLUSH_SECONDS)
+    sweeper.sweep_every(settings.hold_sweep_seconds)
 
 
 def worker_exit(server, worker):

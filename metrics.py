@@ -28,6 +28,7 @@ PURCHASE_OUTCOMES = ("sold", "replayed", "idempotency_key_reused", "item_not_fou
 RETRY_REASONS = {"SerializationFailure": "serialization_failure", "DeadlockDetected": "deadlock",
                  "UniqueViolation": "unique_violation", "CommitCutOff": "commit_cut_off",
                  "DeadlinePassed": "deadline_passed", "OperationalError": "connection_lost"}
+HOLD_EVENTS = ("made", "confirmed", "cancelled", "expired")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _on = None  # the instruments once start() ran with metrics on
@@ -52,6 +53,11 @@ class Instruments:
                                ["reason"], registry=registry)
         self.unavailable = Counter("flashsale_unavailable", "Requests answered 503: no database answer "
                                    "within the budget", ["reason"], registry=registry)
+        self.holds = Counter("flashsale_holds", "Holds made, confirmed, cancelled and expired (the "
+                             "units of expired ones back on sale)", ["event"], registry=registry)
+        # Read from the database at each scrape: the same figure whichever worker answers.
+        self.units_held = Gauge("flashsale_units_held", "Units held now by holds not yet paid for "
+                                "nor expired", ["item_id"], multiprocess_mode="mostrecent", registry=registry)
         self.cache_hits = Counter("flashsale_sold_out_cache_hits", "sold_out answered from the "
                                   "worker's memory, without the database", registry=registry)
         # The pools' figures, added up over the live workers (a dead worker's pool is gone).
@@ -78,6 +84,7 @@ class Instruments:
         self.request_children = {}
         self.purchase_children = {outcome: self.purchases.labels(outcome) for outcome in PURCHASE_OUTCOMES}
         self.units_children = {}
+        self.hold_children = {event: self.holds.labels(event) for event in HOLD_EVENTS}
         self.counted = {}  # counter child -> all this process counted; only add() writes here
         self.written = {}  # counter child -> the part of it flush() has written
         self.flush_lock = threading.Lock()  # a scrape and the flush thread may both flush
@@ -142,6 +149,25 @@ def purchase(outcome, item_id, quantity):
         if units is None:
             units = _on.units_children[item_id] = _on.units_sold.labels(str(item_id))
         add(units, quantity)
+
+
+def hold_event(event, count=1):
+    """A hold "made", "confirmed", "cancelled" or "expired" (by this worker's purchases)."""
+    if _on is not None:
+        add(_on.hold_children[event], count)
+
+
+def holds_swept(count):
+    """Holds the sweeper thread expired: written at once, since add() is the request thread's."""
+    if _on is not None:
+        _on.hold_children["expired"].inc(count)
+
+
+def units_held(by_item):
+    """Record db.units_held(): {item id: units held now} for every item with a payment window."""
+    if _on is not None:
+        for item_id, units in by_item.items():
+            _on.units_held.labels(str(item_id)).set(units)
 
 
 def sold_out_cache_hit():

@@ -15,8 +15,9 @@ import settings as configuration
 
 
 def reset(stock=100, items=1, max_per_user=None, sale_starts_at=None, sale_ends_at=None,
-          database_url=None):
-    """Drop the tables, migrate, and seed items 1..items with `stock` units each. Asks nothing."""
+          database_url=None, hold_seconds=None):
+    """Drop the tables, migrate, and seed items 1..items with `stock` units each, with a payment
+    window of `hold_seconds` (None: they sell at once). Asks nothing."""
     with db.connect(database_url) as conn, schema.migration_lock(conn):
         with conn.transaction():
             conn.execute(db.query("drop_schema"))
@@ -28,6 +29,7 @@ def reset(stock=100, items=1, max_per_user=None, sale_starts_at=None, sale_ends_
                 "max_per_user": max_per_user or max(stock, 1),
                 "sale_starts_at": sale_starts_at,
                 "sale_ends_at": sale_ends_at,
+                "hold_seconds": hold_seconds,
             })
 
 
@@ -47,11 +49,15 @@ def main(argv=None):
     parser.add_argument("--max-per-user", type=int, help="units one user may buy of an item (default: the stock)")
     parser.add_argument("--sale-starts-at", type=datetime.fromisoformat, help="ISO 8601 time the sale opens")
     parser.add_argument("--sale-ends-at", type=datetime.fromisoformat, help="ISO 8601 time the sale closes")
+    parser.add_argument("--hold-seconds", type=int,
+                        help="payment window: each purchase holds its units this long (default: none, sold at once)")
     parser.add_argument("--yes", action="store_true",
                         help="delete the purchases the database holds without asking")
     args = parser.parse_args(argv)
     if args.stock < 0 or args.items < 1 or (args.max_per_user is not None and args.max_per_user < 1):
         parser.error("--stock must be >= 0, --items >= 1 and --max-per-user >= 1")
+    if args.hold_seconds is not None and args.hold_seconds < 1:
+        parser.error("--hold-seconds must be >= 1")
     database_url = configuration.load_or_exit().database_url
     try:
         items, purchases = contents(database_url)
@@ -59,14 +65,16 @@ def main(argv=None):
             print(f"reset_db: this deletes {items} item(s) and {purchases} purchase(s).", file=sys.stderr)
             if not args.yes:
                 sys.exit("reset_db: nothing deleted; run again with --yes to delete them.")
-        reset(args.stock, args.items, args.max_per_user, args.sale_starts_at, args.sale_ends_at, database_url)
+        reset(args.stock, args.items, args.max_per_user, args.sale_starts_at, args.sale_ends_at, database_url,
+              args.hold_seconds)
     except psycopg.Error as exc:
         sys.exit(f"reset_db: cannot reset the database: {exc}")
     window = ""
     if args.sale_starts_at or args.sale_ends_at:
         window = f", on sale from {args.sale_starts_at or 'now'} to {args.sale_ends_at or 'sold out'}"
     print(f"Database reset: {args.items} item(s) with {args.stock} units each, "
-          f"at most {args.max_per_user or max(args.stock, 1)} per user{window}.")
+          f"at most {args.max_per_user or max(args.stock, 1)} per user{window}"
+          + (f", held {args.hold_seconds} s for payment." if args.hold_seconds else "."))
 
 
 if __name__ == "__main__":

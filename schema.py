@@ -57,10 +57,12 @@ def applied_versions(conn):
     return {row["version"] for row in rows}
 
 
-def pending(conn):
-    """The code's migrations that the database lacks, in order."""
+def pending(conn, until=None):
+    """The code's migrations that the database lacks, in order; only those up to version `until`
+    when given."""
     done = applied_versions(conn)
-    return [migration for migration in migrations() if migration.version not in done]
+    return [migration for migration in migrations()
+            if migration.version not in done and (until is None or migration.version <= until)]
 
 
 @contextmanager
@@ -76,13 +78,14 @@ def migration_lock(conn):
                 conn.execute(db.query("unlock_migrations"))
 
 
-def apply_pending(conn, progress=None):
-    """Apply the missing migrations, each in its own transaction with its record; the caller holds
-    the migration lock. Returns the ones applied. `progress(migration)` is called before each."""
+def apply_pending(conn, progress=None, until=None):
+    """Apply the missing migrations (up to version `until`), each in its own transaction with its
+    record; the caller holds the migration lock. Returns the ones applied. `progress(migration)`
+    is called before each."""
     with conn.transaction():
         conn.execute(db.query("create_schema_migrations"))
     applied = []
-    for migration in pending(conn):
+    for migration in pending(conn, until):
         if progress:
             progress(migration)
         with conn.transaction():
@@ -93,10 +96,11 @@ def apply_pending(conn, progress=None):
     return applied
 
 
-def upgrade(conn, progress=None):
-    """Bring the database's schema up to the code's; returns the migrations applied."""
+def upgrade(conn, progress=None, until=None):
+    """Bring the database's schema up to the code's (or to version `until`: the tests make a
+    database of an earlier release); returns the migrations applied."""
     with migration_lock(conn):
-        return apply_pending(conn, progress)
+        return apply_pending(conn, progress, until)
 
 
 def outdated_message(missing):

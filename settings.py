@@ -35,6 +35,7 @@ class Settings:
     pool_timeout: float
     retry_budget: float
     sold_out_cache: float
+    hold_sweep_seconds: float  # each worker's sweep of expired holds, 0 for none (sweeper.py)
     total_requests: int
     concurrent_processes: int
     # nginx in front (deploy/nginx.py): requests/s per client address, 0 for no limit
@@ -137,6 +138,7 @@ def from_environ(environ):
         pool_timeout=number(environ, "DB_POOL_TIMEOUT", 0.25, float, 0.01),
         retry_budget=number(environ, "DB_RETRY_BUDGET_SECONDS", 3.0, float, 0.01),
         sold_out_cache=number(environ, "SOLD_OUT_CACHE_SECONDS", 0.5, float, 0.0),
+        hold_sweep_seconds=number(environ, "HOLD_SWEEP_SECONDS", 1.0, float, 0.0),
         total_requests=number(environ, "TOTAL_REQUESTS", 1000, int, 1),
         concurrent_processes=number(environ, "CONCURRENT_PROCESSES", 50, int, 1),
         # nginx in front (deploy/nginx.py)

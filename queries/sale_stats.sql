@@ -1,9 +1,11 @@
--- Per item of a list, what its purchases say: buyers (distinct users; a user's first purchase of
--- an item is the one with bought_before = 0), and the times of the first and the last sale.
+-- Per item of a list, what its purchases say: buyers (distinct users holding or owning units
+-- now), holds (open now), and the times of the first and the last sale, holds included.
 -- Items without purchases have no row. Reads only: no row lock is taken.
 -- Parameters: item_ids (an array of item ids).
 SELECT item_id,
-       count(*) FILTER (WHERE bought_before = 0) AS buyers,
+       count(DISTINCT user_id) FILTER (WHERE status = 'confirmed'
+                                          OR (status = 'held' AND now() < expires_at)) AS buyers,
+       count(*) FILTER (WHERE status = 'held' AND now() < expires_at) AS holds,
        min(created_at) AS first_sale_at,
        max(created_at) AS last_sale_at
 FROM purchases

@@ -4,6 +4,7 @@ properties: this runs for every buyer, the sold-out crowd included, and the envi
 tenth as much."""
 import json
 import re
+from datetime import timezone
 
 from flask import Response, request
 from gunicorn.http.errors import NoMoreData, ParseException
@@ -151,6 +152,11 @@ def idempotency_key(environ, errors):
     return key
 
 
+def has_body(environ):
+    """True when the request carries a body: a Content-Length above 0, or chunked."""
+    return environ.get("CONTENT_LENGTH", "") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ
+
+
 def check_buyer(body, buyer):
     """With a verified `buyer`, user_id may be left out, and must be the buyer if given."""
     if buyer is not None and body["user_id"] != buyer:
@@ -176,6 +182,11 @@ def parse_page(args, after_max, default_limit, max_limit):
     if errors:
         raise invalid(errors, "parameters")
     return values["after"], values["limit"]
+
+
+def utc_iso(moment):
+    """A datetime as ISO 8601 in UTC, to the microsecond: 2026-12-02T13:00:05.123456Z."""
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def iso_times(row, *fields):

@@ -33,7 +33,13 @@ def metrics_page():
     client = request.remote_addr or request.headers.get("X-Real-IP")
     if not metrics.enabled() or not metrics.allowed(client, settings().metrics_allow):
         abort(404)
-    metrics.replication(db.ping())
+    replication = db.ping()
+    metrics.replication(replication)
+    if replication:  # else the held units keep their last values: the scrape answers at once
+        try:
+            metrics.units_held(db.units_held())
+        except db.Unavailable:
+            pass
     body, content_type = metrics.exposition()
     return Response(body, 200, content_type=content_type)
 

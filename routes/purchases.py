@@ -1,17 +1,19 @@
-"""Purchases: POST /buy_ticket, and a verified buyer's own purchases."""
+"""Purchases: POST /buy_ticket, paying for or giving up a hold (confirm, cancel), and a verified
+buyer's own purchases."""
 from flask import Blueprint, current_app, request
 
 import db
 from db import MAX_BIGINT, MAX_INT
 from routes.answers import (Problem, check_buyer, check_item_id, check_known_fields, check_user_id,
-                            idempotency_key, invalid, json_response, overloaded, parse_json_object,
-                            parse_page, problem_response, whole_number)
+                            has_body, idempotency_key, invalid, json_response, overloaded,
+                            parse_json_object, parse_page, problem_response, utc_iso, whole_number)
 import metrics
 
 bp = Blueprint("purchases", __name__)
 
 MAX_QUANTITY = 1000
 BUY_FIELDS = {"item_id", "user_id", "quantity"}
+SETTLE_FIELDS = {"user_id"}  # confirm and cancel
 PAGE_SIZE = 20  # GET /purchases
 MAX_PAGE_SIZE = 100
 # Outcomes of buy_ticket.sql that refuse the purchase, each the `code` of its answer:
@@ -25,6 +27,16 @@ REFUSALS = {
                       "User {user_id!r} would exceed the per-user limit of item {item_id}."),
     "idempotency_key_reused": (422, "Idempotency key reused",
                                "This Idempotency-Key was already used for a different purchase."),
+}
+# Outcomes of confirm_purchase.sql and cancel_purchase.sql that refuse the change.
+SETTLE_REFUSALS = {
+    "purchase_not_found": (404, "Purchase not found", "You have no purchase {purchase_id}."),
+    "purchase_cancelled": (409, "Purchase cancelled",
+                           "Purchase {purchase_id} was cancelled: its units went back on sale."),
+    "hold_expired": (409, "Hold expired", "The hold of purchase {purchase_id} expired at {expires_at} "
+                                          "before it was paid for: its units went back on sale."),
+    "purchase_confirmed": (409, "Purchase confirmed",
+                           "Purchase {purchase_id} is paid for and cannot be cancelled."),
 }
 
 
@@ -67,9 +79,12 @@ def purchase_unavailable(unavailable, key):
                       "send purchases with an Idempotency-Key, and retry with the same one.")
 
 
-def purchase_json(row):
+def purchase_json(row, status=None):
+    """A purchase as GET /purchases/<id> shows it; `status` overrides the row's."""
     return {"purchase_id": row["id"], "item_id": row["item_id"], "user_id": row["user_id"],
-            "quantity": row["quantity"], "created_at": row["created_at"].isoformat()}
+            "quantity": row["quantity"], "status": status or row["status"],
+            "expires_at": utc_iso(row["expires_at"]) if row["expires_at"] else None,
+            "created_at": row["created_at"].isoformat()}
 
 
 def verified_buyer():
@@ -95,6 +110,8 @@ def buy_ticket():
         raise purchase_unavailable(exc, key) from None
     outcome = row["outcome"]
     metrics.purchase(outcome, item_id, quantity)
+    if row["expired"]:
+        metrics.hold_event("expired", row["expired"])
     if outcome in REFUSALS:
         status, title, detail = REFUSALS[outcome]
         detail = detail.format(item_id=item_id, user_id=user_id, quantity=quantity)
@@ -106,6 +123,11 @@ def buy_ticket():
         "quantity": row["quantity"],
         "remaining": row["remaining"],
     }
+    if row["expires_at"] is not None:  # a hold: paid for by POST /purchases/<id>/confirm
+        if outcome == "sold":
+            metrics.hold_event("made")
+        purchase["status"] = "held"
+        purchase["expires_at"] = utc_iso(row["expires_at"])
     replayed = outcome == "replayed" and key is not None
     return json_response(purchase, 201, {"Idempotent-Replayed": "true"} if replayed else None)
 
@@ -133,3 +155,57 @@ def get_purchase(purchase_id):
     if row is None:  # the same answer whether it is another buyer's or does not exist
         raise Problem(404, "purchase_not_found", "Purchase not found", f"You have no purchase {purchase_id}.")
     return json_response(purchase_json(row))
+
+
+def settling_buyer(environ):
+    """Who confirms or cancels: the token's buyer in verified mode (the body's optional user_id
+    must be it), else the body's user_id. The body holds nothing else; Idempotency-Key is
+    checked as for a purchase. Confirm and cancel are idempotent by the purchase's state, so a
+    retry, with the key or without, finds the outcome."""
+    check = verifier()
+    buyer = check.buyer(environ.get("HTTP_AUTHORIZATION")) if check else None
+    body = parse_json_object(environ) if check is None or has_body(environ) else {}
+    if buyer is not None:
+        body.setdefault("user_id", buyer)
+    errors = []
+    check_user_id(body, errors)
+    check_known_fields(body, SETTLE_FIELDS, errors)
+    idempotency_key(environ, errors)
+    if errors:
+        raise invalid(errors)
+    check_buyer(body, buyer)
+    return body["user_id"]
+
+
+def settle(action, purchase_id):
+    """Confirm or cancel (`action`) the buyer's purchase: 200 with it, or a problem."""
+    user_id = settling_buyer(request.environ)
+    if purchase_id > MAX_BIGINT:
+        row = {"outcome": "purchase_not_found"}
+    else:
+        try:
+            row = db.confirm_purchase(user_id, purchase_id) if action == "confirm" else db.cancel_purchase(
+                user_id, purchase_id)
+        except db.Unavailable:
+            raise overloaded(f"The {action} could not be completed in time; it may or may not have been "
+                             f"made. Retry: asking to {action} again finds the outcome, and never "
+                             f"{action}s twice.") from None
+    outcome = row["outcome"]
+    if outcome in SETTLE_REFUSALS:
+        status, title, detail = SETTLE_REFUSALS[outcome]
+        expires_at = utc_iso(row["expires_at"]) if row.get("expires_at") else None
+        return problem_response(Problem(status, outcome, title,
+                                        detail.format(purchase_id=purchase_id, expires_at=expires_at)))
+    if row["changed"]:
+        metrics.hold_event(outcome)
+    return json_response(purchase_json(row, outcome))
+
+
+@bp.post("/purchases/<int:purchase_id>/confirm")
+def confirm(purchase_id):
+    return settle("confirm", purchase_id)
+
+
+@bp.post("/purchases/<int:purchase_id>/cancel")
+def cancel(purchase_id):
+    return settle("cancel", purchase_id)

@@ -46,6 +46,8 @@ function fill(card, item, rate) {
   card.querySelector(".remaining").textContent = item.remaining;
   card.querySelector(".stock").textContent = item.stock;
   card.querySelector(".sold").textContent = item.sold;
+  card.querySelector(".held").textContent = item.held;
+  card.querySelector(".holding").hidden = !item.hold_seconds;
   card.querySelector(".rate").textContent = rate === null ? "–" : rate.toFixed(1);
   card.querySelector(".window").textContent =
     `${when(item.sale_starts_at, "now")} → ${when(item.sale_ends_at, "until sold out")}`;

@@ -152,6 +152,13 @@ def make_legacy_database(conn, stock, items=1):
                      {"count": items, "stock": stock, "max_per_user": stock})
 
 
+def legacy_buy(conn, item_id, user_id, quantity, key):
+    """A purchase as the code before payment windows made it (schema version 5 or older)."""
+    with conn.transaction():
+        return conn.execute(db.query("legacy_buy_ticket", db.TEST_QUERIES), {
+            "item_id": item_id, "user_id": user_id, "quantity": quantity, "idempotency_key": key}).fetchone()
+
+
 BURST_WAIT_SECONDS = 120
 
 

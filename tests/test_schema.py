@@ -11,7 +11,7 @@ import db
 import schema
 from conftest import ROOT
 from local_server import wait_until_ready
-from support import flask_command, item, make_legacy_database, purchases, run_test_query
+from support import flask_command, item, legacy_buy, make_legacy_database, purchases, run_test_query
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
 
@@ -34,11 +34,15 @@ def refused_start(server):
     return status, server.output()
 
 
+MIGRATIONS = len(schema.migrations())
+ALL_VERSIONS = list(range(1, MIGRATIONS + 1))
+
+
 def test_a_database_made_before_migrations_is_upgraded_in_place(scratch_schema, conn, start_server):
     make_legacy_database(conn, stock=10, items=2)
-    first = db.buy_ticket(1, "alice", 2, "order-1")
-    db.buy_ticket(1, "bob", 1)
-    db.buy_ticket(2, "alice", 1)
+    first = legacy_buy(conn, 1, "alice", 2, "order-1")
+    legacy_buy(conn, 1, "bob", 1, "order-2")
+    legacy_buy(conn, 2, "alice", 1, "order-3")
     before_rows = purchases(conn, 1) + purchases(conn, 2)
     before_items = run_test_query(conn, "list_items_raw")
     before_constraints = constraints(conn)
@@ -46,23 +50,23 @@ def test_a_database_made_before_migrations_is_upgraded_in_place(scratch_schema, 
     status, output = refused_start(start_server())
     assert status != 0
     lines = [line for line in output.splitlines() if "older than the code" in line]
-    assert len(lines) == 1 and "0 of 5 migrations applied" in lines[0], output
+    assert len(lines) == 1 and f"0 of {MIGRATIONS} migrations applied" in lines[0], output
     assert "Run `flask --app app db upgrade`." in lines[0]
     assert "Traceback" not in output
 
     upgrade = flask_command("db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
-    assert "Applying 0001_create_items" in upgrade.stdout and "5 applied now" in upgrade.stdout
+    assert "Applying 0001_create_items" in upgrade.stdout and f"{MIGRATIONS} applied now" in upgrade.stdout
 
     assert purchases(conn, 1) + purchases(conn, 2) == before_rows
-    assert run_test_query(conn, "list_items_raw") == before_items
+    assert [{**row, "hold_seconds": None} for row in before_items] == run_test_query(conn, "list_items_raw")
     after_constraints = constraints(conn)
     changed = {("items", "items_check1")}  # the window's CHECK, now allowing an empty window
     assert {key: before_constraints[key] for key in before_constraints.keys() - changed} \
         == {key: after_constraints[key] for key in before_constraints.keys() - changed}
     assert after_constraints[("items", "items_sale_window_check")] == \
         "CHECK ((sale_ends_at >= sale_starts_at))"
-    assert [row["version"] for row in run_test_query(conn, "list_applied_versions")] == [1, 2, 3, 4, 5]
+    assert [row["version"] for row in run_test_query(conn, "list_applied_versions")] == ALL_VERSIONS
 
     again = flask_command("db", "upgrade")
     assert again.returncode == 0 and "0 applied now" in again.stdout
@@ -81,14 +85,47 @@ def test_a_database_made_before_migrations_is_upgraded_in_place(scratch_schema, 
     assert item(conn, 1)["sold"] == 4
 
 
+PAYMENT_WINDOWS = 6  # the first migration of payment windows (holds)
+
+
+def test_payment_windows_are_added_to_a_database_with_sales_and_purchases(scratch_schema, conn, start_server):
+    """A database of the release before holds, with sales and purchases in it: the upgrade makes
+    every purchase a confirmed one and every item one that sells at once, and sales go on as
+    before beside a new sale with a payment window."""
+    make_legacy_database(conn, stock=10, items=2)
+    schema.upgrade(conn, until=PAYMENT_WINDOWS - 1)
+    first = legacy_buy(conn, 1, "alice", 2, "order-1")
+    legacy_buy(conn, 1, "bob", 1, "order-2")
+    before = purchases(conn, 1)
+
+    upgrade = flask_command("db", "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert f"{MIGRATIONS - PAYMENT_WINDOWS + 1} applied now" in upgrade.stdout
+    assert purchases(conn, 1) == before
+    assert {row["status"] for row in run_test_query(conn, "list_purchase_states")} == {"confirmed"}
+    assert [row["hold_seconds"] for row in run_test_query(conn, "list_items_raw")] == [None, None]
+    assert {"purchases_status_check", "purchases_hold_check"} <= {name for _, name in constraints(conn)}
+
+    held = flask_command("sale", "create", "--name", "Held", "--stock", "3", "--hold-seconds", "60")
+    assert held.returncode == 0 and held.stdout.strip() == "3", held.stderr
+    with start_server() as server:
+        replay = server.buy(1, "alice", quantity=2, key="order-1")
+        assert replay.status_code == 201 and replay.json() == {
+            "purchase_id": first["purchase_id"], "item_id": 1, "user_id": "alice", "quantity": 2, "remaining": 8}
+        assert server.buy(1, "alice").json()["remaining"] == 6  # her third unit: the chain goes on
+        hold = server.buy(3, "alice").json()
+        assert hold["status"] == "held" and hold["remaining"] == 2
+    assert item(conn, 1)["sold"] == 4 and item(conn, 3)["held"] == 1
+
+
 def test_an_empty_database_is_made_by_the_migrations(scratch_schema, conn):
     with conn.transaction():
         conn.execute(db.query("drop_schema"))
     status = flask_command("db", "status")
-    assert status.returncode == 0 and "5 pending" in status.stdout
+    assert status.returncode == 0 and f"{MIGRATIONS} pending" in status.stdout
     assert flask_command("db", "upgrade").returncode == 0
     status = flask_command("db", "status")
-    assert "pending" not in status.stdout and status.stdout.count(" applied ") == 5
+    assert "pending" not in status.stdout and status.stdout.count(" applied ") == MIGRATIONS
 
 
 def test_two_upgrades_at_once_take_turns(scratch_schema, conn):
@@ -99,8 +136,8 @@ def test_two_upgrades_at_once_take_turns(scratch_schema, conn):
         results = list(pool.map(lambda _: flask_command("db", "upgrade"), range(2)))
     assert [result.returncode for result in results] == [0, 0], [result.stderr for result in results]
     applied_now = sorted(int(result.stdout.split(", ")[-1].split()[0]) for result in results)
-    assert applied_now == [0, 5]
-    assert [row["version"] for row in run_test_query(conn, "list_applied_versions")] == [1, 2, 3, 4, 5]
+    assert applied_now == [0, MIGRATIONS]
+    assert [row["version"] for row in run_test_query(conn, "list_applied_versions")] == ALL_VERSIONS
 
 
 def test_the_code_knows_its_migrations_in_order():
