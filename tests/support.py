@@ -93,6 +93,16 @@ def item(conn, item_id=1):
     return conn.execute(db.query("get_item"), {"item_id": item_id}).fetchone()
 
 
+def purchase_states(conn):
+    """Every purchase's id, item, buyer, quantity and state as stored."""
+    return run_test_query(conn, "list_purchase_states")
+
+
+def set_expiry(conn, purchase_id, seconds):
+    """Move a hold's expiry to `seconds` from now (negative: it has expired)."""
+    run_test_query(conn, "set_expiry", {"purchase_id": purchase_id, "seconds": seconds})
+
+
 def cut_service_connections(conn):
     conn.execute(db.query("terminate_connections", db.TEST_QUERIES), {"application_name": db.APPLICATION_NAME})
 
