@@ -5,7 +5,9 @@ Modes: kill-worker (SIGKILL gunicorn workers), restart-db (private PostgreSQL re
 -m fast, then -m immediate), kill-connections (pg_terminate_backend on the service's connections),
 lock-hog (another session holds the item's row lock longer than the retry budget), freeze-db
 (every process of the private PostgreSQL stopped with SIGSTOP, longer than the retry budget, then
-continued: a database that stops answering with its sockets open).
+continued: a database that stops answering with its sockets open), holds (a sale that takes
+payment: workers killed and PostgreSQL restarted while holds expire and buyers' confirmations,
+some too late, race the expiry; waves of buyers until the whole stock is paid for).
 """
 import argparse
 import os
@@ -27,8 +29,13 @@ RETRY_BUDGET_SECONDS = 1.0
 # freeze-db: the retry budget and the freeze of issue 12 (a freeze over three times the budget).
 FREEZE_BUDGET_SECONDS = 3.0
 FREEZE_SECONDS = 10.0
-MODES = ["kill-worker", "restart-db", "kill-connections", "lock-hog", "freeze-db"]
-PRIVATE_DATABASE_MODES = {"restart-db", "freeze-db"}
+MODES = ["kill-worker", "restart-db", "kill-connections", "lock-hog", "freeze-db", "holds"]
+PRIVATE_DATABASE_MODES = {"restart-db", "freeze-db", "holds"}
+# holds: each purchase held this long; half the first wave's buyers pay, each at a random moment
+# up to PAY_WITHIN seconds after its hold, some of them too late.
+HOLD_SECONDS = 3
+CONFIRM_RATIO = 0.5
+PAY_WITHIN_SECONDS = 1.3 * HOLD_SECONDS
 # What gunicorn's master logs when a worker overran its timeout and was killed.
 WORKER_TIMEOUT_LINE = "WORKER TIMEOUT"
 REPEATS = 3  # kill-worker and kill-connections strike this many times
@@ -89,13 +96,19 @@ def freeze_db(server, options):
     return 1
 
 
-FAULTS = {"kill-worker": kill_worker, "restart-db": restart_db,
-          "kill-connections": kill_connections, "lock-hog": lock_hog, "freeze-db": freeze_db}
+def holds_faults(server, options):
+    """Workers killed, then PostgreSQL restarted, while the first wave's holds are made, paid
+    for and expire."""
+    return kill_worker(server, options) + restart_db(server, options)
+
+
+FAULTS = {"kill-worker": kill_worker, "restart-db": restart_db, "kill-connections": kill_connections,
+          "lock-hog": lock_hog, "freeze-db": freeze_db, "holds": holds_faults}
 
 
 def inject(mode, server, options, report):
     report["faults"] = FAULTS[mode](server, options)
-    report["faults_ended_at"] = time.time()
+    report["faults_ended_at"] = time.monotonic()  # as the answers' times (proof.Purchase)
 
 
 def figures(mode, purchases, rows, failures, report):
@@ -130,7 +143,11 @@ def figures(mode, purchases, rows, failures, report):
 
 def run_mode(mode, options):
     """One burst under one kind of fault; returns its figures and the proof's failures."""
-    reset_db.reset(stock=options.stock, max_per_user=options.max_per_user, database_url=options.database_url)
+    held = mode == "holds"
+    options.hold_seconds = HOLD_SECONDS if held else None
+    options.confirm_ratio, options.pay_within = CONFIRM_RATIO, PAY_WITHIN_SECONDS
+    reset_db.reset(stock=options.stock, max_per_user=options.max_per_user, hold_seconds=options.hold_seconds,
+                   database_url=options.database_url)
     options.budget = options.budget_seconds or (FREEZE_BUDGET_SECONDS if mode == "freeze-db" else RETRY_BUDGET_SECONDS)
     # Buyers keep retrying through the fault: each attempt during it costs at least a second.
     options.attempts = proof.RETRY_ATTEMPTS + (int(options.freeze) + 1 if mode == "freeze-db" else 0)
@@ -140,12 +157,19 @@ def run_mode(mode, options):
         faults = threading.Thread(target=inject, args=(mode, server, options, report))
         faults.start()
         try:
-            purchases = proof.run_burst(options, proof.make_purchases(options))
+            purchases = proof.held_sale(options) if held else proof.run_burst(options, proof.make_purchases(options))
         finally:
             faults.join()  # a frozen database is continued before anything else
         report["worker_timeouts"] = server.output().count(WORKER_TIMEOUT_LINE)
     item, rows = proof.database_state(options.database_url)
-    failures = proof.verdict(options, purchases, item, rows)
+    if held:
+        failures = proof.hold_verdict(options, purchases, item, rows)
+        states = Counter(row["status"] for row in rows)
+        late = sum(p.settle is not None and not p.confirmed for p in purchases)
+        print(f"  holds: {len(rows)} made, {states['confirmed']} confirmed, {states['expired']} expired "
+              f"({late} of them paid for too late), {states['held']} still held")
+    else:
+        failures = proof.verdict(options, purchases, item, rows)
     return figures(mode, purchases, rows, failures, report), failures
 
 

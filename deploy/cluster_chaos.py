@@ -46,7 +46,7 @@ class Run:
 
     def __init__(self, mode, state, options):
         self.mode, self.state, self.options = mode, state, options
-        self.faults = []  # (label, time.time() when it struck)
+        self.faults = []  # (label, time.monotonic() when it struck, as the answers' times)
         self.notes = []
         self.phase = "starting"
         self.error = None
@@ -56,7 +56,7 @@ class Run:
         self.worker_timeouts_before = worker_timeouts(state)
 
     def fault(self, label):
-        self.faults.append((label, time.time()))
+        self.faults.append((label, time.monotonic()))
         self.phase = f"fault {len(self.faults)}: {label}"
 
     def note(self, text):
@@ -294,7 +294,7 @@ def fault_figures(run, purchases):
 
 
 def figures(run, stock, purchases, item, rows, failures):
-    report = {"faults": len(run.faults), "faults_ended_at": run.faults[-1][1] if run.faults else time.time(),
+    report = {"faults": len(run.faults), "faults_ended_at": run.faults[-1][1] if run.faults else time.monotonic(),
               "budget": app_host_settings(run.state).retry_budget,
               "worker_timeouts": worker_timeouts(run.state) - run.worker_timeouts_before}
     result = chaos.figures(run.mode, purchases, rows, failures, report)

@@ -93,9 +93,9 @@ def item(conn, item_id=1):
     return conn.execute(db.query("get_item"), {"item_id": item_id}).fetchone()
 
 
-def purchase_states(conn):
-    """Every purchase's id, item, buyer, quantity and state as stored."""
-    return run_test_query(conn, "list_purchase_states")
+def purchase_states(conn, item_id=None):
+    """Every purchase (of one item) with its state, as stored."""
+    return run_test_query(conn, "list_purchase_states", {"item_id": item_id})
 
 
 def set_expiry(conn, purchase_id, seconds):

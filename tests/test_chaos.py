@@ -53,3 +53,17 @@ def test_a_frozen_database_is_answered_503_and_loses_nothing(stoppable_database)
     assert result["transport errors"] == 0
     print(f"freeze-db, 3 s freeze, 1 s budget: slowest answer {result['slowest s']} s, "
           f"{result['503']} answers 503, next sale {result['recovery s']} s after the thaw")
+
+
+def test_holds_expiring_and_paid_for_through_worker_kills_and_database_restarts(stoppable_database, conn):
+    """Workers killed and PostgreSQL restarted while holds are made, paid for, some too late, and
+    expire: exactly the stock confirmed in the end, no hold left past its expiry, no unit lost
+    or returned twice."""
+    conn.close()
+    options = chaos.parse_options(["holds", "--requests", "600", "--stock", "400", "--processes", "20",
+                                   "--pause", "0.25"])
+    result, failures = chaos.run_mode("holds", options)
+    assert failures == [] and result["verdict"] == "ok"
+    assert result["faults"] == chaos.REPEATS + len(chaos.RESTARTS)
+    assert result["lost"] == 0 and result["double sales"] == 0 and result["other 5xx"] == 0
+    assert result["worker timeouts"] == 0

@@ -1,5 +1,7 @@
 """The proof script against real gunicorn, and its verdict on runs that went wrong."""
+import history
 import proof_of_correctness as proof
+from support import TOKEN_SECRET
 
 
 def test_proof_passes_on_the_real_service(server, capsys):
@@ -18,16 +20,35 @@ def test_proof_with_repeating_users_and_retries(server, capsys):
     assert "Exactly 20 items sold." in out
 
 
+def test_proof_of_a_held_sale_with_late_payments(server, capsys):
+    """Holds of 2 s, 60% of the first wave pays, at random within 2.5 s of its hold: some too
+    late; waves of buyers until the stock is paid for."""
+    status = proof.main(["--url", server.url, "--requests", "300", "--processes", "20", "--stock", "60",
+                         "--hold-seconds", "2", "--confirm-ratio", "0.6", "--pay-within", "2.5"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert out.splitlines()[-1] == ("SUCCESS: Strict consistency maintained. Exactly 60 items confirmed, "
+                                    "0 held past expiry, 0 units lost or doubled.")
+    assert "Wave 2:" in out and "expired" in out
+
+
+def test_a_held_sale_is_proved_in_verified_mode(verified_server, capsys):
+    status = proof.main(["--url", verified_server.url, "--requests", "60", "--processes", "10", "--stock", "20",
+                         "--hold-seconds", "1", "--confirm-ratio", "0.5", "--token-secret", TOKEN_SECRET])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "Exactly 20 items confirmed" in out
+
+
 def fabricated_run(sold_rows, acknowledged, stock=2):
     options = proof.parse_options(["--database-url", "unused", "--requests", "4", "--stock", str(stock)])
     purchases = proof.make_purchases(options)
     for number, purchase in enumerate(purchases, start=1):
         if number <= acknowledged:
-            purchase.answers.append((201, "created"))
-            purchase.purchase_ids.append(number)
+            purchase.buy.attempts.append(history.Attempt(0.0, 0.1, 201, {"purchase_id": number}))
         else:
-            purchase.answers.append((409, "sold_out"))
-    rows = [{"id": n, "user_id": f"user-{n - 1}", "quantity": 1, "idempotency_key": "k"}
+            purchase.buy.attempts.append(history.Attempt(0.0, 0.1, 409, {"code": "sold_out"}))
+    rows = [{"id": n, "user_id": f"user-{n - 1}", "quantity": 1, "idempotency_key": "k", "status": "confirmed"}
             for n in range(1, sold_rows + 1)]
     item = {"stock": stock, "sold": sold_rows, "remaining": stock - sold_rows}
     return proof.verdict(options, purchases, item, rows)

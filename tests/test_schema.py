@@ -11,7 +11,7 @@ import db
 import schema
 from conftest import ROOT
 from local_server import wait_until_ready
-from support import flask_command, item, legacy_buy, make_legacy_database, purchases, run_test_query
+from support import flask_command, item, legacy_buy, make_legacy_database, purchase_states, purchases, run_test_query
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
 
@@ -102,7 +102,7 @@ def test_payment_windows_are_added_to_a_database_with_sales_and_purchases(scratc
     assert upgrade.returncode == 0, upgrade.stderr
     assert f"{MIGRATIONS - PAYMENT_WINDOWS + 1} applied now" in upgrade.stdout
     assert purchases(conn, 1) == before
-    assert {row["status"] for row in run_test_query(conn, "list_purchase_states")} == {"confirmed"}
+    assert {row["status"] for row in purchase_states(conn)} == {"confirmed"}
     assert [row["hold_seconds"] for row in run_test_query(conn, "list_items_raw")] == [None, None]
     assert {"purchases_status_check", "purchases_hold_check"} <= {name for _, name in constraints(conn)}
 
