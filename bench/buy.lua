@@ -1,7 +1,8 @@
 -- wrk script: POST /buy_ticket with a distinct user per request.
--- Arguments (after --): items (buy items 1..items at random, default 1), run name (user prefix),
--- limit (stop after this many answers in all), threads (wrk's -t, to share the limit), and,
--- optionally, a file of "user token" lines (bench.py's token_file()).
+-- Arguments (after --): items (buy items first..first + items - 1 at random, default 1), run name
+-- (user prefix), limit (stop after this many answers in all), threads (wrk's -t, to share the
+-- limit), first (the first item's id, default 1), and, optionally, a file of "user token" lines
+-- (bench.py's token_file()).
 -- Each user id ends with the time its request was sent; a 201 echoes it, which gives the
 -- latency of every purchase; with tokens, the user is the token's and its send time is kept here
 -- until the 201 names it. Prints one line "RESULT {json}": statuses, latency percentiles of
@@ -31,10 +32,11 @@ function init(args)
     run = args[2] or "bench"
     local limit = tonumber(args[3])
     share = limit and math.ceil(limit / tonumber(args[4])) or nil
+    first_item = tonumber(args[5]) or 1
     sent, answered, statuses, purchase_ms = 0, 0, {}, {}
     started, last_created, last_answer = now(), 0, 0
     math.randomseed(id * 7919 + os.time())
-    if args[5] then load_tokens(args[5]) end
+    if args[6] then load_tokens(args[6]) end
 end
 
 -- With tokens: each request sends the next buyer's token of the file, from a random place in it,
@@ -52,7 +54,7 @@ end
 local function token_request()
     local index = (first_token + sent) % #tokens + 1
     sent_times[users[index]] = now()
-    local body = string.format('{"item_id": %d, "user_id": "%s"}', math.random(items), users[index])
+    local body = string.format('{"item_id": %d, "user_id": "%s"}', first_item + math.random(items) - 1, users[index])
     return wrk.format("POST", "/buy_ticket", { ["Content-Type"] = "application/json",
                                                ["Authorization"] = "Bearer " .. tokens[index] }, body)
 end
@@ -61,7 +63,7 @@ function request()
     sent = sent + 1
     if tokens then return token_request() end
     local user = string.format("%s-%d-%d-%.6f", run, id, sent, now())
-    local body = string.format('{"item_id": %d, "user_id": "%s"}', math.random(items), user)
+    local body = string.format('{"item_id": %d, "user_id": "%s"}', first_item + math.random(items) - 1, user)
     return wrk.format("POST", "/buy_ticket", { ["Content-Type"] = "application/json" }, body)
 end
 
