@@ -17,9 +17,10 @@ UPGRADE_SCHEMA := $(VENV)/bin/flask --app app db upgrade
 FRESH_SECRET := export AUTH_JWT_SECRET="$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(32))')" \
 	AUTH_JWT_PUBLIC_KEY= AUTH_JWT_ALGORITHMS=HS256
 
+# PROOF_ARGS="--hold-seconds 3 --confirm-ratio 0.6" proves a sale that takes payment.
 run: $(VENV)/installed
 	$(DATABASE) && $(FRESH_SECRET) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && \
-		$(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py
+		$(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py $(PROOF_ARGS)
 
 test: $(VENV)/installed nginx browser
 	$(TEST_DATABASE) && $(PYTHON) -m pytest
@@ -31,8 +32,9 @@ serve: $(VENV)/installed nginx
 	$(DATABASE) && export ACCESS_LOG="$${ACCESS_LOG:-1}" && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && \
 		$(PYTHON) deploy/nginx.py serve
 
+# MODES="holds kill-worker" runs some only.
 chaos: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) chaos.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) chaos.py $(MODES)
 
 bench: $(VENV)/installed wrk nginx
 	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py
