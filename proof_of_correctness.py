@@ -433,11 +433,13 @@ def held_sale(options):
         purchases += done
         expiries = [datetime.fromisoformat(attempt.body["expires_at"]) for p in done
                     for attempt in p.buy.attempts if attempt.status == 201]
+        paid = sum(p.confirmed for p in done)
         now = datetime.now(timezone.utc)
         wait = max(0.0, (max(expiries, default=now) - now).total_seconds()) + EXPIRY_MARGIN_SECONDS
-        print(f"Wave {wave}: {len(expiries)} holds, {sum(p.confirmed for p in done)} paid for; waiting "
-              f"{wait:.1f} s for the unpaid ones to expire", flush=True)
-        time.sleep(wait)
+        print(f"Wave {wave}: {len(expiries)} holds, {paid} paid for"
+              + (f"; waiting {wait:.1f} s for the unpaid ones to expire" if paid < len(expiries) else ""), flush=True)
+        if paid < len(expiries):
+            time.sleep(wait)
         returned = options.stock - units_paid_for(options.database_url)
         if returned == 0 or wave == MAX_WAVES:
             return purchases
