@@ -10,7 +10,7 @@ import requests
 
 import db
 from support import (assert_http_problem, assert_problem, bearer, buy, flask_command, frozen_database, item,
-                     mint, purchase_states, run_test_query, sample, scrape_when, set_expiry, wait_for)
+                     mint, purchase_states, run_test_query, sample, scrape, scrape_when, set_expiry, wait_for)
 
 HOLD_SECONDS = 600  # long enough never to pass by itself: the tests move expiries with set_expiry
 
@@ -245,6 +245,23 @@ def test_each_workers_sweeper_expires_holds_nobody_buys_and_counts_them(start_se
     assert sample(samples, "flashsale_holds_total", event="expired") == 1
     assert sample(samples, "flashsale_units_held", item_id="1") == 0
     assert item(conn)["remaining"] == 5
+
+
+def test_two_app_hosts_sweeping_at_once_expire_each_hold_once(start_server, reset, conn):
+    """Every worker of two servers (the cluster's two app hosts) sweeps every 50 ms: the holds
+    all expire, once each, and the two servers' counts add up to them."""
+    reset(stock=50, items=4, hold_seconds=HOLD_SECONDS)
+    hosts = [start_server(WEB_CONCURRENCY="3", HOLD_SWEEP_SECONDS="0.05").wait_ready() for _ in range(2)]
+    ids = [hosts[n % 2].buy(item_id=1 + n % 4, user_id=f"user-{n}").json()["purchase_id"] for n in range(120)]
+    for purchase_id in ids:
+        set_expiry(conn, purchase_id, -1)
+    assert wait_for(lambda: all(row["status"] == "expired" for row in purchase_states(conn)), seconds=30)
+    assert all(conserved(conn, item_id) for item_id in range(1, 5))
+
+    def counted():
+        return [sample(scrape(host.url), "flashsale_holds_total", event="expired") for host in hosts]
+
+    assert wait_for(lambda: sum(counted()) == 120), counted()
 
 
 def test_sold_out_is_remembered_only_until_the_first_hold_expires(start_server, reset):
