@@ -237,8 +237,9 @@ def test_each_workers_sweeper_expires_holds_nobody_buys_and_counts_them(start_se
     reset(stock=5, hold_seconds=HOLD_SECONDS)
     server = start_server(WEB_CONCURRENCY="2", HOLD_SWEEP_SECONDS="0.1").wait_ready()
     purchase_id = server.buy(user_id="alice", quantity=2).json()["purchase_id"]
-    samples = scrape_when(server.url, lambda found: sample(found, "flashsale_units_held", item_id="1") == 2)
+    samples = scrape_when(server.url, lambda found: sample(found, "flashsale_holds_total", event="made") == 1)
     assert sample(samples, "flashsale_holds_total", event="made") == 1
+    assert sample(samples, "flashsale_units_held", item_id="1") == 2
     set_expiry(conn, purchase_id, -1)
     assert wait_for(lambda: state(conn, purchase_id)["status"] == "expired")
     samples = scrape_when(server.url, lambda found: sample(found, "flashsale_holds_total", event="expired") == 1)
