@@ -41,6 +41,7 @@ def test_the_page_follows_a_burst(start_server, reset, conn, browser, tmp_path):
     assert wait_for(lambda: "Updated" in browser.find_element("id", "updated").text)
     assert [card.get_attribute("data-id") for card in browser.find_elements("css selector", ".sale")] == ["1", "2"]
     assert card_figures(browser, 1) == (300, 100)
+    assert not browser.find_element("css selector", '.sale[data-id="1"] .holding').is_displayed()  # sells at once
     assert browser.find_element("css selector", '.sale[data-id="2"] .state').text.lower() == "scheduled"
 
     shown = set()
@@ -67,3 +68,21 @@ def test_the_page_is_served_without_script(start_server, reset):
     assert 'name="viewport"' in page.text and page.text.count('class="sale"') == 2 + 1  # and the template
     for name in ("status.js", "status.css"):
         assert requests.get(f"{server.url}/static/{name}", timeout=10).status_code == 200
+
+
+def test_the_page_shows_units_held_for_payment_beside_those_sold(start_server, reset, conn, browser):
+    reset(stock=10, hold_seconds=600)
+    server = start_server(WEB_CONCURRENCY="2").wait_ready()
+    holds = [server.buy(1, f"buyer-{n}").json()["purchase_id"] for n in range(4)]
+    requests.post(f"{server.url}/purchases/{holds[0]}/confirm", json={"user_id": "buyer-0"}, timeout=10)
+    browser.get(f"{server.url}/status")
+    card = browser.find_element("css selector", '.sale[data-id="1"]')
+
+    def figures():
+        return (card.find_element("css selector", ".sold").text, card.find_element("css selector", ".held").text,
+                card.find_element("css selector", ".remaining").text)
+
+    assert card.find_element("css selector", ".holding").is_displayed()
+    assert wait_for(lambda: figures() == ("1", "3", "6"))
+    requests.post(f"{server.url}/purchases/{holds[1]}/cancel", json={"user_id": "buyer-1"}, timeout=10)
+    assert wait_for(lambda: figures() == ("1", "2", "7"))  # the page refreshed by itself
