@@ -208,3 +208,27 @@ def test_broken_chunked_framing_is_400(server, size, surplus, case):
     status, answer = raw_request(server, CHUNKED_HEAD, body)
     assert status == 400, answer[:300]
     assert b"application/problem+json" in answer and b'"code": "bad_request"' in answer
+
+
+@fuzz
+@given(action=st.sampled_from(["confirm", "cancel"]), path_id=st.one_of(st.integers(), st.text(max_size=12)),
+       body=json_values, key=st.none() | bad_keys | st.text(alphabet="abc-", min_size=1, max_size=8))
+def test_generated_confirms_and_cancels_change_nothing_they_should_not(client, reset, conn, action, path_id, body, key):
+    """Any id in the path, any JSON body, any key: a 4xx problem or a 200 for the owner's own
+    purchase, never a 5xx; another buyer's hold stays held."""
+    if item(conn)["held"] != 1:  # the first example, or one that confirmed or cancelled the hold
+        reset(stock=100, hold_seconds=600)
+        assert client.post("/buy_ticket", json={"item_id": 1, "user_id": "owner"}).status_code == 201
+    headers = {} if key is None else {"Idempotency-Key": key}
+    SENT["requests"] += 1
+    response = client.post(f"/purchases/{path_id}/{action}",
+                           data=json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass"),
+                           content_type="application/json", headers=headers)
+    SENT["5xx"] += response.status_code >= 500
+    assert response.status_code < 500, response.get_data(as_text=True)
+    if response.status_code != 200:
+        assert response.mimetype == "application/problem+json"
+        assert response.get_json(force=True)["code"] in STABLE_CODES | {"purchase_not_found", "not_found"}
+        assert item(conn)["held"] == 1
+    else:
+        assert body == {"user_id": "owner"} and str(path_id) == "1"
