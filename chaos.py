@@ -1,5 +1,6 @@
 """Chaos runs: a full burst with --retry through real gunicorn while faults are injected, then the
-proof's database check, and the figures: answers, faults, lost and double sales, time to recover.
+proof's database check and the history check (history.py: every answer fits one serial order),
+and the figures: answers, faults, lost and double sales, time to recover.
 
 Modes: kill-worker (SIGKILL gunicorn workers), restart-db (private PostgreSQL restarted with
 -m fast, then -m immediate), kill-connections (pg_terminate_backend on the service's connections),
@@ -137,6 +138,7 @@ def figures(mode, purchases, rows, failures, report):
         "double sales": sum(count > 1 for count in rows_by_key.values())
         + sum(len(set(p.purchase_ids)) > 1 for p in purchases),
         "recovery s": round(min(recovered) - report["faults_ended_at"], 2) if recovered else None,
+        "history": report.get("history", "-"),
         "verdict": "ok" if not failures else "FAILED",
     }
 
@@ -161,15 +163,21 @@ def run_mode(mode, options):
         finally:
             faults.join()  # a frozen database is continued before anything else
         report["worker_timeouts"] = server.output().count(WORKER_TIMEOUT_LINE)
-    item, rows = proof.database_state(options.database_url)
     if held:
+        item, rows, swept_at = proof.settled_database_state(options)
         failures = proof.hold_verdict(options, purchases, item, rows)
         states = Counter(row["status"] for row in rows)
         late = sum(p.settle is not None and not p.confirmed for p in purchases)
         print(f"  holds: {len(rows)} made, {states['confirmed']} confirmed, {states['expired']} expired "
               f"({late} of them paid for too late), {states['held']} still held")
     else:
-        failures = proof.verdict(options, purchases, item, rows)
+        item, rows = proof.database_state(options.database_url)
+        swept_at, failures = None, proof.verdict(options, purchases, item, rows)
+    history = proof.check_history(options, purchases, item, rows, swept_at)
+    for line in history.lines:
+        print(f"  {line}")
+    failures += proof.history_failures(history)
+    report["history"] = "ok" if history.ok else f"{len(history.violations)} violations"
     return figures(mode, purchases, rows, failures, report), failures
 
 

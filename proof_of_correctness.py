@@ -105,10 +105,17 @@ def start_process(parsed_options):
 
 _paying = threading.local()  # a requests.Session per paying thread
 
+# The burst's processes are forked from a server process of their own (forkserver), not from this
+# one: had this process forked them while one of its threads was starting a program (chaos.py's
+# faults), they would hold that program's pipes open, and the thread would wait until the burst
+# was over.
+BURST_PROCESSES = multiprocessing.get_context("forkserver")
+BURST_PROCESSES.set_forkserver_preload(["proof_of_correctness"])
+
 
 def answer_code(attempt):
     if attempt.status is None:
-        return attempt.body["error"]
+        return (attempt.body or {}).get("error", "no answer")
     if attempt.status in (200, 201):
         return "created" if attempt.status == 201 else attempt.body.get("status", "ok")
     return (attempt.body or {}).get("code") or "not_json"
@@ -122,26 +129,14 @@ def retry_pause(response, attempt):
         return min(BACKOFF_FIRST_SECONDS * 2**attempt, BACKOFF_CAP_SECONDS)
 
 
-def json_body(response):
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def perform(session, options, operation, path, body, headers):
-    """POST `body` to `path` as one operation's attempts, timed on one monotonic clock: with
+    """POST `body` to `path` as one operation's attempts, recorded for the history check: with
     --retry, again with the same headers (its Idempotency-Key) after a 502, 503, 504 or
     transport error."""
     for number in range(options.attempts):
-        invoke, response = time.monotonic(), None
-        try:
-            response = session.post(f"{options.url}{path}", json=body, headers=headers, timeout=options.timeout)
-            status, answer = response.status_code, json_body(response)
-        except requests.RequestException as exc:
-            status, answer = None, {"error": type(exc).__name__}
-        operation.attempts.append(history.Attempt(invoke, time.monotonic(), status, answer))
+        response = history.record(operation, lambda: session.post(f"{options.url}{path}", json=body,
+                                                                  headers=headers, timeout=options.timeout))
+        status = operation.attempts[-1].status
         if status is not None and status not in RETRIED_STATUSES:
             return
         if number + 1 < options.attempts:
@@ -185,7 +180,7 @@ def run_burst(options, purchases):
     buyer waiting to pay holds up no purchase."""
     done, paying = [], []
     step = max(1, len(purchases) // 10)
-    with (multiprocessing.Pool(options.processes, start_process, (options,)) as pool,
+    with (BURST_PROCESSES.Pool(options.processes, start_process, (options,)) as pool,
           ThreadPoolExecutor(PAYING_THREADS) as payments):
         for purchase in pool.imap_unordered(buy, purchases):
             if purchase.pays and purchase.acknowledged:
@@ -196,6 +191,34 @@ def run_burst(options, purchases):
                 print(f"  {len(done) + len(paying)}/{len(purchases)} answered", flush=True)
         done += [future.result() for future in paying]
     return done
+
+
+SWEEP_WAIT_SECONDS = 15  # after a held sale, for the workers' sweepers to expire what is due
+
+
+def settled_database_state(options):
+    """On a held sale, once the service itself (a purchase or a worker's sweeper) has expired
+    every hold past its expiry, or after SWEEP_WAIT_SECONDS: the item, its rows, and
+    time.monotonic() just before they were read (the history check's `swept_at`)."""
+    deadline = time.monotonic() + SWEEP_WAIT_SECONDS
+    while True:
+        read_at = time.monotonic()
+        item, rows = database_state(options.database_url)
+        now = datetime.now(timezone.utc)
+        if not any(row["status"] == "held" and row["expires_at"] <= now for row in rows) or read_at > deadline:
+            return item, rows, read_at
+        time.sleep(0.2)
+
+
+def check_history(options, purchases, item, rows, swept_at=None):
+    """history.py's Report on every answer of the run against the rows: one serial order."""
+    operations = [p.buy for p in purchases] + [p.settle for p in purchases if p.settle]
+    return history.check(operations, [item], rows, options.wall_minus_monotonic, options.cache_seconds,
+                         swept_at=swept_at)
+
+
+def history_failures(report):
+    return [] if report.ok else [f"the history fits no serial order:\n{report.text()}"]
 
 
 def database_state(database_url):
@@ -348,6 +371,8 @@ def parse_options(argv):
         url = configuration.base_url(environ.get("API_URL") or "http://127.0.0.1:8000")
         requests_default = configuration.number(environ, "TOTAL_REQUESTS", 1000, int, 1)
         processes_default = configuration.number(environ, "CONCURRENT_PROCESSES", 50, int, 1)
+        # The service's own, which the history check allows for (the service reads the same).
+        cache_seconds = configuration.number(environ, "SOLD_OUT_CACHE_SECONDS", 0.5, float, 0.0)
         auth = configuration.auth_settings(environ)
     except configuration.ConfigError as exc:
         parser.error(f"invalid configuration: {exc}")
@@ -390,6 +415,8 @@ def parse_options(argv):
     if not options.pay_within >= 0:
         parser.error("--pay-within must be at least 0")
     options.max_per_user = options.max_per_user or options.stock
+    options.cache_seconds = cache_seconds
+    options.wall_minus_monotonic = history.wall_minus_monotonic()  # this machine's: the database's too
     options.retry = options.retry or options.hold_seconds is not None
     options.attempts = RETRY_ATTEMPTS if options.retry else 1
     # The tokens carry what the service checks: its audience and issuer, its first HMAC algorithm.
@@ -468,12 +495,16 @@ def main(argv=None):
     else:
         purchases = run_burst(options, make_purchases(options))
     seconds = time.perf_counter() - started
-    item, rows = database_state(options.database_url)
-    print_report(options, purchases, seconds, item, rows)
     if options.hold_seconds:
+        item, rows, swept_at = settled_database_state(options)
         failures = hold_verdict(options, purchases, item, rows)
     else:
-        failures = verdict(options, purchases, item, rows)
+        item, rows = database_state(options.database_url)
+        swept_at, failures = None, verdict(options, purchases, item, rows)
+    print_report(options, purchases, seconds, item, rows)
+    report = check_history(options, purchases, item, rows, swept_at)
+    print("\n".join(report.lines))
+    failures += history_failures(report)
     if failures:
         print("FAILURE:\n" + "\n".join(f"  - {failure}" for failure in failures))
         return 1

@@ -1,6 +1,6 @@
 """Faults in the running local cluster (deploy/cluster.py) while buyers purchase through nginx with
-the proof's --retry (same Idempotency-Key on every attempt); then the proof's check on the
-surviving primary.
+the proof's --retry (same Idempotency-Key on every attempt); then the proof's check and the
+history check (history.py) on the surviving primary.
 
 Each mode sells at a steady pace while its faults happen, a little longer, then sells the rest of
 the stock in one burst, so that the sale ends sold out. Modes:
@@ -14,7 +14,6 @@ the stock in one burst, so that the sale ends sold out. Modes:
   freeze-primary  SIGSTOP every process of the primary's node past the failover, then SIGCONT
 """
 import argparse
-import multiprocessing
 import select
 import signal
 import socket
@@ -317,6 +316,7 @@ def figures(run, stock, purchases, item, rows, failures):
         "oversold": max(0, sum(row["quantity"] for row in rows) - stock) + (item["remaining"] < 0),
         "fault to sale s": "/".join(str(seconds) for seconds in to_sale) or "-",
         "longest no-sale s": "/".join(str(seconds) for seconds in gaps) or "-",
+        "history": "ok" if not any(failure.startswith("the history") for failure in failures) else "FAILED",
         "verdict": "ok" if not failures else "FAILED",
     }
 
@@ -341,7 +341,7 @@ def run_mode(mode, state, options):
                                  "--stock", str(stock), "--processes", str(options.processes)])
     burst.attempts = ATTEMPTS
     purchases, answered, stop = [], [0], threading.Event()
-    with multiprocessing.Pool(burst.processes, proof.start_process, (burst,)) as pool:
+    with proof.BURST_PROCESSES.Pool(burst.processes, proof.start_process, (burst,)) as pool:
         threading.Thread(target=inject, args=(run,), daemon=True).start()
         threading.Thread(target=show_progress, args=(run, answered, stop), daemon=True).start()
         try:
@@ -356,6 +356,11 @@ def run_mode(mode, state, options):
     item, rows = proof.database_state(cluster.node_url(state, survivor))
     burst.requests = len(purchases)
     failures = proof.verdict(burst, purchases, item, rows)
+    burst.cache_seconds = app_host_settings(state).sold_out_cache
+    history = proof.check_history(burst, purchases, item, rows)
+    for line in history.lines:
+        print(f"  [{mode}] {line}", flush=True)
+    failures += proof.history_failures(history)
     if not standby_agrees(state, other_node(survivor), rows):
         failures.append("the standby does not hold the primary's purchases")
     if run.error:

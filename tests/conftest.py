@@ -171,6 +171,12 @@ def pytest_terminal_summary(terminalreporter):
     behind_nginx = sys.modules.get("test_nginx")
     if behind_nginx is not None and behind_nginx.FIGURES:
         terminalreporter.write_line(f"nginx: {behind_nginx.FIGURES['slowloris']}")
+    checker = sys.modules.get("test_history")
+    if checker is not None and checker.FIGURES["faulty histories"]:
+        figures = checker.FIGURES
+        terminalreporter.write_line(
+            f"history: {figures['faulty histories']} faulty generated histories, {figures['rejected by the search']} "
+            f"not explained by the brute-force search, {figures['rejected by both']} of them rejected by the checker")
     tokens = sys.modules.get("test_auth_fuzz")
     if tokens is not None and tokens.SENT["tokens"]:
         terminalreporter.write_line(
