@@ -92,7 +92,8 @@ def waits_end_by(moment):
 
 class PooledConnection(psycopg.Connection):
     """The pool's connections. Each keeps one cursor for the statements of _transaction: a cursor
-    made per statement cost a purchase a fifth of its CPU in psycopg (docs/performance.md)."""
+    made per statement (its adapters and transformer) cost 15% of the instructions psycopg and
+    db.py spend on a purchase (docs/performance.md, Variants tried)."""
 
     _statement_cursor = None
 
@@ -243,9 +244,9 @@ def _run(name, params):
             seconds_left = deadline - time.monotonic()
             try:
                 # getconn() and putconn() rather than pool.connection(), whose `with conn:` would
-                # only COMMIT nothing again (_transaction has ended the transaction), for 10% of
-                # psycopg's CPU per purchase. putconn() rolls back or replaces a connection left
-                # in a transaction or broken, as connection() does.
+                # only COMMIT nothing again (_transaction has ended the transaction): 11% of the
+                # instructions psycopg and db.py spend on a purchase. putconn() rolls back or
+                # replaces a connection left in a transaction or broken, as connection() does.
                 conn = pool.getconn(timeout=min(_settings.pool_timeout, seconds_left))
                 try:
                     return _transaction(conn, attempt, deadline - time.monotonic(), name, params)
