@@ -211,10 +211,10 @@ def report(kind, measured, top):
     user = measured["user_us"]
     print(f"\n== {kind}: {measured['per_second']:.0f} answers/s {measured['statuses']}; per answer, all "
           f"workers: {user + measured['system_us']:.0f} µs CPU = {user:.0f} user + {measured['system_us']:.0f} system")
-    print(f"{'part of the answer (one worker, py-spy --gil)':<50} {'share':>6} {'user µs':>8}")
+    print(f"{'part of the answer (one worker, py-spy --gil)':<54} {'share':>6} {'user µs':>8}")
     for name, _ in PARTS + [("other", "")]:
         if counts[name]:
-            print(f"{name:<50} {counts[name] / total:>6.1%} {counts[name] / total * user:>8.0f}")
+            print(f"{name:<54} {counts[name] / total:>6.1%} {counts[name] / total * user:>8.0f}")
     print(f"top functions by own samples ({total} samples):")
     for name, count in own.most_common(top):
         print(f"  {count / total:>6.1%}  {name}")
