@@ -10,7 +10,7 @@ TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_UR
 CHECK_SETTINGS := $(PYTHON) settings.py
 UPGRADE_SCHEMA := $(VENV)/bin/flask --app app db upgrade
 
-.PHONY: run test serve reset chaos bench bench-smoke wrk nginx browser db db-stop clean \
+.PHONY: run test serve reset chaos bench bench-smoke profile wrk strace nginx browser db db-stop clean \
 	cluster-packages cluster-up cluster-down cluster-status cluster-chaos cluster-test cluster-diagram
 
 # The proof runs in verified mode: a fresh HS256 secret for gunicorn and for the proof's tokens.
@@ -43,8 +43,16 @@ bench: $(VENV)/installed wrk nginx
 bench-smoke: $(VENV)/installed wrk nginx
 	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py --smoke
 
+# Where a worker's CPU goes per answer: the ceiling, sold-out answers, purchases (bench/cpu_profile.py,
+# py-spy from requirements-dev.txt); about 2 minutes. `bench/ab.py` compares two revisions.
+profile: $(VENV)/installed wrk strace
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/cpu_profile.py
+
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+strace:
+	@command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace; }
 
 # Debian puts nginx in /usr/sbin, which a user's PATH may lack.
 nginx:

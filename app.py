@@ -7,8 +7,9 @@ import cli
 import db
 import observe
 import settings as configuration
-from routes import items, operations, purchases
-from routes.answers import MAX_BODY_BYTES, Problem, problem_response, valid_user_id
+from routes import fast_path, items, operations, purchases
+from routes.answers import (INTERNAL_ERROR, MAX_BODY_BYTES, Problem, problem_response, response,
+                            unauthorized_answer, valid_user_id)
 
 HTTP_ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                     413: "payload_too_large"}
@@ -32,16 +33,14 @@ def create_app(settings=None):
     app.extensions["flashsale.settings"] = settings
     app.extensions["flashsale.verifier"] = auth.verifier(settings, valid_user_id)  # None in open mode
     cli.init_app(app)  # flask --app app db ..., sale ...
-    observe.install(app, settings, db.pop_pool_stats)
+    app.wsgi_app = fast_path.FastPath(app.wsgi_app, app.extensions["flashsale.verifier"])
+    observe.install(app, settings, db.pop_pool_stats)  # around the fast path: it observes every answer
     for blueprint in (purchases.bp, items.bp, operations.bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(auth.Unauthorized)
     def handle_unauthorized(refusal):
-        title = "Unauthorized" if refusal.code == "unauthorized" else "Invalid token"
-        response = problem_response(Problem(401, refusal.code, title, refusal.detail))
-        response.headers["WWW-Authenticate"] = refusal.challenge
-        return response
+        return response(unauthorized_answer(refusal))
 
     @app.errorhandler(Problem)
     def handle_problem(problem):
@@ -58,8 +57,7 @@ def create_app(settings=None):
     @app.errorhandler(Exception)
     def handle_unexpected(error):
         observe.log_unexpected(request.environ)
-        return problem_response(Problem(500, "internal_error", "Internal error",
-                                        "The server failed to answer; nothing is known to be sold."))
+        return problem_response(INTERNAL_ERROR)
 
     return app
 

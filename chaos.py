@@ -37,6 +37,7 @@ PRIVATE_DATABASE_MODES = {"restart-db", "freeze-db", "holds"}
 HOLD_SECONDS = 3
 CONFIRM_RATIO = 0.5
 PAY_WITHIN_SECONDS = 1.3 * HOLD_SECONDS
+SWEEP_SECONDS = 1.0  # each worker's sweeper, as a service runs by default (HOLD_SWEEP_SECONDS)
 # What gunicorn's master logs when a worker overran its timeout and was killed.
 WORKER_TIMEOUT_LINE = "WORKER TIMEOUT"
 REPEATS = 3  # kill-worker and kill-connections strike this many times
@@ -154,7 +155,8 @@ def run_mode(mode, options):
     # Buyers keep retrying through the fault: each attempt during it costs at least a second.
     options.attempts = proof.RETRY_ATTEMPTS + (int(options.freeze) + 1 if mode == "freeze-db" else 0)
     report = {"budget": options.budget}
-    with LocalServer(WEB_CONCURRENCY=str(options.workers), DB_RETRY_BUDGET_SECONDS=str(options.budget)) as server:
+    with LocalServer(WEB_CONCURRENCY=str(options.workers), DB_RETRY_BUDGET_SECONDS=str(options.budget),
+                     HOLD_SWEEP_SECONDS=str(SWEEP_SECONDS)) as server:
         options.url = server.url
         faults = threading.Thread(target=inject, args=(mode, server, options, report))
         faults.start()

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 import metrics
@@ -90,7 +90,21 @@ def waits_end_by(moment):
         _deadline.reset(token)
 
 
-class DeadlineConnection(psycopg.Connection):
+class PooledConnection(psycopg.Connection):
+    """The pool's connections. Each keeps one cursor for the statements of _transaction: a cursor
+    made per statement (its adapters and transformer) cost 15% of the instructions psycopg and
+    db.py spend on a purchase (docs/performance.md, Variants tried)."""
+
+    _statement_cursor = None
+
+    def statement_cursor(self):
+        """The connection's cursor for _transaction, with rows as tuples (see there)."""
+        if self._statement_cursor is None:
+            self._statement_cursor = self.cursor(row_factory=tuple_row)
+        return self._statement_cursor
+
+
+class DeadlineConnection(PooledConnection):
     """A connection on which no wait outlasts the deadline of the request being served.
 
     statement_timeout is enforced by the server, so a server that stops answering (frozen,
@@ -117,8 +131,12 @@ class DeadlineConnection(psycopg.Connection):
 
 @cache
 def query(name, folder=QUERIES):
-    """The text of <folder>/<name>.sql."""
-    return (Path(folder) / f"{name}.sql").read_text()
+    """The statement of <folder>/<name>.sql as it is sent: without the comment lines and the
+    indentation, which are for the reader. psycopg caches its conversion of a statement's
+    placeholders only up to 4096 bytes (tests/test_hot_path.py), and buy_ticket.sql's comments
+    alone would pass that."""
+    lines = (Path(folder) / f"{name}.sql").read_text().splitlines()
+    return "\n".join(line.strip() for line in lines if not line.lstrip().startswith("--"))
 
 
 def connect(database_url=None):
@@ -164,7 +182,7 @@ def open_pool():
                 **connect_timeout(_settings.database_url),
                 **KEEPALIVE,
             },
-            connection_class=DeadlineConnection if _settings.client_deadline else psycopg.Connection,
+            connection_class=DeadlineConnection if _settings.client_deadline else PooledConnection,
             name=f"{APPLICATION_NAME}-{os.getpid()}",
             # No check= on checkout: it costs every request a round trip (10% of purchases/s,
             # measured). A connection that broke while idle (the primary failed over or
@@ -183,19 +201,21 @@ def close_pool():
 
 
 def _transaction(conn, attempt, seconds_left, name, params):
-    """Run the statement of queries/<name>.sql in a transaction of its own; return its rows.
+    """Run the statement of queries/<name>.sql in a transaction of its own; return its rows as dicts.
 
-    The rows are made into dicts after COMMIT, which releases the row locks. Every connection
-    starts with the whole budget as its statement_timeout; a retry, with less left, lowers it
-    for its own transaction. A connection lost during COMMIT raises CommitCutOff: the server
-    may have committed, and only the idempotency key can tell."""
+    Between the statement's result and COMMIT the item's row lock is held, so psycopg makes
+    nothing of the result there but tuples; the dicts (their keys read from the result) are made
+    after COMMIT. Every connection starts with the whole budget as its statement_timeout; a
+    retry, with less left, lowers it for its own transaction. A connection lost during COMMIT
+    raises CommitCutOff: the server may have committed, and only the idempotency key can tell."""
     committing = False
+    cursor = conn.statement_cursor()
     try:
         with conn.transaction():
             if attempt > 0:
                 milliseconds = max(1, int(seconds_left * 1000))
-                conn.execute(query("set_statement_timeout"), {"milliseconds": milliseconds})
-            cursor = conn.execute(query(name), params)
+                cursor.execute(query("set_statement_timeout"), {"milliseconds": milliseconds})
+            cursor.execute(query(name), params)
             committing = True
     except psycopg.OperationalError as exc:
         # The server reports a rollback (serialization failure, deadlock) as such; any other
@@ -203,7 +223,8 @@ def _transaction(conn, attempt, seconds_left, name, params):
         if committing and not isinstance(exc, errors.TransactionRollback):
             raise CommitCutOff(str(exc)) from exc
         raise
-    return cursor.fetchall()
+    as_dict = dict_row(cursor)
+    return [as_dict(row) for row in cursor.fetchall()]
 
 
 # time.monotonic() until which this process answers 503 at once: a moment ago no connection to
@@ -226,8 +247,15 @@ def _run(name, params):
         for attempt in itertools.count():
             seconds_left = deadline - time.monotonic()
             try:
-                with pool.connection(timeout=min(_settings.pool_timeout, seconds_left)) as conn:
+                # getconn() and putconn() rather than pool.connection(), whose `with conn:` would
+                # only COMMIT nothing again (_transaction has ended the transaction): 11% of the
+                # instructions psycopg and db.py spend on a purchase. putconn() rolls back or
+                # replaces a connection left in a transaction or broken, as connection() does.
+                conn = pool.getconn(timeout=min(_settings.pool_timeout, seconds_left))
+                try:
                     return _transaction(conn, attempt, deadline - time.monotonic(), name, params)
+                finally:
+                    pool.putconn(conn)
             except PoolTimeout as exc:
                 _unreachable_until = time.monotonic() + UNREACHABLE_HOLD_SECONDS
                 metrics.unavailable("pool_timeout")

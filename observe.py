@@ -20,7 +20,8 @@ import metrics
 MAX_REQUEST_ID_LENGTH = 128
 REQUEST_ID = re.compile(f"[!-~]{{1,{MAX_REQUEST_ID_LENGTH}}}")  # visible ASCII
 REQUEST_ID_KEY = "flashsale.request_id"  # in the WSGI environ
-CODE_KEY = "flashsale.code"  # the problem's `code`, set by routes.answers.problem_response
+CODE_KEY = "flashsale.code"  # the problem's `code`, set by routes.answers.response and routes/fast_path.py
+ROUTE_KEY = "flashsale.route"  # the route of an answer made outside Flask (routes/fast_path.py)
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"  # as gunicorn's own lines
 FLUSH_SECONDS = 1.0  # how long a log line or a count may wait in a worker before it is written
 STDERR = 2  # the file descriptor, which gunicorn's own lines go to as well
@@ -75,6 +76,8 @@ def route(environ):
     """The URL rule that matched ("/items/<int:item_id>"), or "unmatched": a label with a bounded
     number of values, whatever paths clients try. Read while Flask starts its answer: it forgets
     its request right after."""
+    if ROUTE_KEY in environ:
+        return environ[ROUTE_KEY]
     request = environ.get("werkzeug.request")
     rule = request.url_rule if request is not None else None
     return rule.rule if rule is not None else "unmatched"

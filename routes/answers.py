@@ -5,9 +5,11 @@ tenth as much."""
 import json
 import re
 from datetime import timezone
+from typing import NamedTuple
 
 from flask import Response, request
 from gunicorn.http.errors import NoMoreData, ParseException
+from werkzeug.http import HTTP_STATUS_CODES
 
 import observe
 from db import MAX_INT
@@ -30,11 +32,28 @@ class Problem(Exception):
         self.status, self.code, self.title, self.detail, self.extra = status, code, title, detail, extra
 
 
-def json_response(body, status=200, headers=None, mimetype="application/json"):
-    return Response(json.dumps(body), status, headers, mimetype=mimetype)
+INTERNAL_ERROR = Problem(500, "internal_error", "Internal error",
+                         "The server failed to answer; nothing is known to be sold.")
 
 
-def problem_response(problem):
+class Answer(NamedTuple):
+    """An answer ready for WSGI: POST /buy_ticket answers outside Flask (routes/fast_path.py) and
+    inside it (response()), byte for byte the same. `code` is the problem's, for the access log."""
+    status: str  # "409 CONFLICT", as werkzeug writes it
+    headers: tuple
+    body: bytes
+    code: str | None = None
+
+
+def json_answer(body, status=200, headers=(), content_type="application/json", code=None):
+    """The headers in the order werkzeug's Response puts them: the given ones, then the type and
+    the length."""
+    data = json.dumps(body).encode()
+    return Answer(f"{status} {HTTP_STATUS_CODES.get(status, 'unknown').upper()}",
+                  (*headers, ("Content-Type", content_type), ("Content-Length", str(len(data)))), data, code)
+
+
+def problem_answer(problem):
     body = {
         "type": f"/problems/{problem.code}",
         "title": problem.title,
@@ -43,9 +62,29 @@ def problem_response(problem):
         "code": problem.code,
         **problem.extra,
     }
-    request.environ[observe.CODE_KEY] = problem.code  # for the access log
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if problem.status == 503 else None
-    return json_response(body, problem.status, headers, mimetype="application/problem+json")
+    headers = (("Retry-After", str(RETRY_AFTER_SECONDS)),) if problem.status == 503 else ()
+    return json_answer(body, problem.status, headers, "application/problem+json", problem.code)
+
+
+def unauthorized_answer(refusal):
+    title = "Unauthorized" if refusal.code == "unauthorized" else "Invalid token"
+    answer = problem_answer(Problem(401, refusal.code, title, refusal.detail))
+    return answer._replace(headers=(*answer.headers, ("WWW-Authenticate", refusal.challenge)))
+
+
+def response(answer):
+    """The Answer as Flask's Response."""
+    if answer.code is not None:
+        request.environ[observe.CODE_KEY] = answer.code  # for the access log
+    return Response(answer.body, answer.status, answer.headers)
+
+
+def json_response(body, status=200, headers=None, mimetype="application/json"):
+    return Response(json.dumps(body), status, headers, mimetype=mimetype)
+
+
+def problem_response(problem):
+    return response(problem_answer(problem))
 
 
 def overloaded(detail):
@@ -72,17 +111,23 @@ def reject_constant(name):
 JSON_DECODER = json.JSONDecoder(object_pairs_hook=reject_duplicate_keys, parse_constant=reject_constant)
 
 
+def plain_length(environ):
+    """The body's declared length when it is within MAX_BODY_BYTES, else None (chunked, too long)."""
+    declared = environ.get("CONTENT_LENGTH", "")
+    length = int(declared) if declared.isdigit() else None
+    return length if length is not None and length <= MAX_BODY_BYTES else None
+
+
 def read_body(environ):
-    """The request body, under gunicorn within BODY_TIMEOUT_SECONDS of silence. A declared length
-    within the limit is read straight from the input; anything else (chunked, too long) goes
-    through werkzeug's stream, which answers 413 past MAX_CONTENT_LENGTH."""
+    """The request body, under gunicorn within BODY_TIMEOUT_SECONDS of silence. A plain length is
+    read straight from the input; anything else (chunked, too long) goes through werkzeug's
+    stream, which answers 413 past MAX_CONTENT_LENGTH: only inside Flask."""
     client = environ.get("gunicorn.socket")
     if client is not None:
         client.settimeout(BODY_TIMEOUT_SECONDS)  # a stalled client frees its sync worker in time
-    declared = environ.get("CONTENT_LENGTH", "")
-    length = int(declared) if declared.isdigit() else None
+    length = plain_length(environ)
     try:
-        if length is None or length > MAX_BODY_BYTES:
+        if length is None:
             return request.get_data()
         body = environ["wsgi.input"].read(length)
     except TimeoutError:

@@ -1,12 +1,15 @@
 """Purchases: POST /buy_ticket, paying for or giving up a hold (confirm, cancel), and a verified
 buyer's own purchases."""
+from functools import lru_cache
+
 from flask import Blueprint, current_app, request
 
 import db
 from db import MAX_BIGINT, MAX_INT
 from routes.answers import (Problem, check_buyer, check_item_id, check_known_fields, check_user_id,
-                            has_body, idempotency_key, invalid, json_response, overloaded,
-                            parse_json_object, parse_page, problem_response, utc_iso, whole_number)
+                            has_body, idempotency_key, invalid, json_answer, json_response, overloaded,
+                            parse_json_object, parse_page, problem_answer, problem_response, response,
+                            utc_iso, whole_number)
 import metrics
 
 bp = Blueprint("purchases", __name__)
@@ -96,10 +99,9 @@ def verified_buyer():
     return check.buyer(request.environ.get("HTTP_AUTHORIZATION"))
 
 
-@bp.post("/buy_ticket")
-def buy_ticket():
-    environ = request.environ
-    check = verifier()
+def buy(environ, check):
+    """POST /buy_ticket: the Answer, or a Problem or auth.Unauthorized raised. `check` is the
+    token Verifier, None in open mode. Runs outside Flask (routes/fast_path.py) as well as inside."""
     # Before anything else, the sold-out fast path included: every buyer shows a valid token.
     buyer = check.buyer(environ.get("HTTP_AUTHORIZATION")) if check else None
     item_id, user_id, quantity, key = parse_purchase(environ, buyer)
@@ -112,10 +114,10 @@ def buy_ticket():
     metrics.purchase(outcome, item_id, quantity)
     if row["expired"]:
         metrics.hold_event("expired", row["expired"])
+    if outcome == "sold_out":
+        return sold_out(item_id, quantity)
     if outcome in REFUSALS:
-        status, title, detail = REFUSALS[outcome]
-        detail = detail.format(item_id=item_id, user_id=user_id, quantity=quantity)
-        return problem_response(Problem(status, outcome, title, detail))
+        return problem_answer(refusal(outcome, item_id, user_id, quantity))
     purchase = {
         "purchase_id": row["purchase_id"],
         "item_id": row["item_id"],
@@ -129,7 +131,23 @@ def buy_ticket():
         purchase["status"] = "held"
         purchase["expires_at"] = utc_iso(row["expires_at"])
     replayed = outcome == "replayed" and key is not None
-    return json_response(purchase, 201, {"Idempotent-Replayed": "true"} if replayed else None)
+    return json_answer(purchase, 201, (("Idempotent-Replayed", "true"),) if replayed else ())
+
+
+def refusal(outcome, item_id, user_id, quantity):
+    status, title, detail = REFUSALS[outcome]
+    return Problem(status, outcome, title, detail.format(item_id=item_id, user_id=user_id, quantity=quantity))
+
+
+@lru_cache(maxsize=1024)
+def sold_out(item_id, quantity):
+    """The answer the sold-out crowd gets, made once per item and quantity."""
+    return problem_answer(refusal("sold_out", item_id, None, quantity))
+
+
+@bp.post("/buy_ticket")
+def buy_ticket():
+    return response(buy(request.environ, verifier()))
 
 
 @bp.get("/purchases")

@@ -42,6 +42,8 @@ def test_counters_add_up_to_the_answers(start_server, reset):
         assert sample(samples, "flashsale_http_requests_total", route=route, status=status) == count
     assert sample(samples, "flashsale_request_duration_seconds_count", route=route) == 125
     assert sample(samples, "flashsale_request_duration_seconds_bucket", route=route, le="+Inf") == 125
+    assert sample(samples, "flashsale_request_duration_seconds_bucket", route=route, le="10.0") == 125
+    assert sample(samples, "flashsale_request_duration_seconds_sum", route=route) > 0
     assert 1 <= sample(samples, "flashsale_pool_connections") <= 3
     assert sample(samples, "flashsale_unavailable_total", reason="pool_timeout") == 0
 

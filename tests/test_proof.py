@@ -20,9 +20,10 @@ def test_proof_with_repeating_users_and_retries(server, capsys):
     assert "Exactly 20 items sold." in out
 
 
-def test_proof_of_a_held_sale_with_late_payments(server, capsys):
+def test_proof_of_a_held_sale_with_late_payments(start_server, capsys):
     """Holds of 2 s, 60% of the first wave pays, at random within 2.5 s of its hold: some too
-    late; waves of buyers until the stock is paid for."""
+    late; waves of buyers until the stock is paid for; the workers' sweepers expire what is left."""
+    server = start_server(WEB_CONCURRENCY="4", HOLD_SWEEP_SECONDS="0.5").wait_ready()
     status = proof.main(["--url", server.url, "--requests", "300", "--processes", "20", "--stock", "60",
                          "--hold-seconds", "2", "--confirm-ratio", "0.6", "--pay-within", "2.5"])
     out = capsys.readouterr().out
@@ -32,8 +33,9 @@ def test_proof_of_a_held_sale_with_late_payments(server, capsys):
     assert "Wave 2:" in out and "expired" in out
 
 
-def test_a_held_sale_is_proved_in_verified_mode(verified_server, capsys):
-    status = proof.main(["--url", verified_server.url, "--requests", "60", "--processes", "10", "--stock", "20",
+def test_a_held_sale_is_proved_in_verified_mode(start_server, capsys):
+    server = start_server(WEB_CONCURRENCY="2", AUTH_JWT_SECRET=TOKEN_SECRET, HOLD_SWEEP_SECONDS="0.5").wait_ready()
+    status = proof.main(["--url", server.url, "--requests", "60", "--processes", "10", "--stock", "20",
                          "--hold-seconds", "1", "--confirm-ratio", "0.5", "--token-secret", TOKEN_SECRET])
     out = capsys.readouterr().out
     assert status == 0, out
