@@ -92,7 +92,7 @@ class Verifier:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer":
             raise Unauthorized("unauthorized", "This request needs Authorization: Bearer <token>.")
-        token = token.strip()
+        token = token.strip(" \t")  # RFC 6750's 1*SP; str.strip() would also drop U+00A0 and U+0085
         remembered = self.verified.get(token)
         if remembered is not None and time.time() < remembered[1]:
             return remembered[0]
