@@ -212,20 +212,30 @@ def http_ceiling(seconds, workers, app="bench.ceiling_app:app", what="HTTP ceili
 
 
 def interleaved(ceiling, service, rounds):
-    """Measure the ceiling and the service in turn, the ceiling first and last, and divide each
-    service figure by the mean of the ceilings just before and after it. The machine drifts by
-    several percent within a minute; the round with the median ratio is the one reported."""
-    ceilings, services = [ceiling()], []
+    """interleaved_with() for one ceiling: (ceiling, service)."""
+    return interleaved_with({"ceiling": ceiling}, service, rounds)["ceiling"]
+
+
+def interleaved_with(ceilings, service, rounds):
+    """Measure the ceilings and the service in turn, the ceilings first and last, and divide each
+    service figure by the mean of each ceiling just before and after it. The machine drifts by
+    several percent within a minute; the round with the median ratio is the one reported.
+    `ceilings` maps a name to its measurement; answers (ceiling, service) per name."""
+    turns, services = [{name: run() for name, run in ceilings.items()}], []
     for _ in range(rounds):
         services.append(service())
-        ceilings.append(ceiling())
-    ratios = [measured["per_second"] * 2 / (before["per_second"] + after["per_second"])
-              for measured, before, after in zip(services, ceilings, ceilings[1:])]
-    median = sorted(range(rounds), key=ratios.__getitem__)[rounds // 2]
-    before, after = ceilings[median], ceilings[median + 1]
-    reported = {**before, "per_second": (before["per_second"] + after["per_second"]) / 2,
-                "samples": [run["per_second"] for run in ceilings]}
-    return reported, {**services[median], "ratios": ratios}
+        turns.append({name: run() for name, run in ceilings.items()})
+    reports = {}
+    for name in ceilings:
+        runs = [turn[name] for turn in turns]
+        ratios = [measured["per_second"] * 2 / (before["per_second"] + after["per_second"])
+                  for measured, before, after in zip(services, runs, runs[1:])]
+        median = sorted(range(rounds), key=ratios.__getitem__)[rounds // 2]
+        before, after = runs[median], runs[median + 1]
+        reported = {**before, "per_second": (before["per_second"] + after["per_second"]) / 2,
+                    "samples": [run["per_second"] for run in runs]}
+        reports[name] = reported, {**services[median], "ratios": ratios}
+    return reports
 
 
 def sale_with_a_held_item(database_url, stock):
@@ -268,7 +278,7 @@ def load(server, seconds, what):
 
 def planned(options):
     """How many measurements measure() makes, and about how many seconds they take."""
-    ceiling_runs = 3 * (2 * options.rounds + 1)
+    ceiling_runs = 2 * (2 * options.rounds + 1) + options.rounds + 1  # and the bare-WSGI ceiling
     feature_runs = len(FEATURES) * 2 * (2 * options.feature_rounds + 1)
     scaling_runs = 6 if options.scaling else 0
     seconds = ((ceiling_runs + scaling_runs) * (options.seconds + SETUP_SECONDS)
@@ -284,14 +294,14 @@ def measure(database_url, options):
     results["database_ceiling"], results["purchases"] = interleaved(
         lambda: database_ceiling(database_url, seconds, workers),
         lambda: service_run(database_url, seconds, workers, AMPLE_STOCK, what="purchases, 1 hot item"), rounds)
-    results["http_ceiling"], results["sold_out"] = interleaved(
-        lambda: http_ceiling(seconds, workers),
+    # POST /buy_ticket runs before Flask's dispatch, which the Flask ceiling pays: against
+    # gunicorn alone too, from the same sold-out rounds.
+    http = interleaved_with(
+        {"flask": lambda: http_ceiling(seconds, workers),
+         "bare": lambda: http_ceiling(seconds, workers, "bench.ceiling_app:bare", "HTTP ceiling, bare WSGI")},
         lambda: service_run(database_url, seconds, workers, 0, what="sold-out answers"), rounds)
-    # POST /buy_ticket runs before Flask's dispatch, which the ceiling above pays: against
-    # gunicorn alone too.
-    results["bare_http_ceiling"], results["sold_out_against_bare"] = interleaved(
-        lambda: http_ceiling(seconds, workers, "bench.ceiling_app:bare", "HTTP ceiling, bare WSGI"),
-        lambda: service_run(database_url, seconds, workers, 0, what="sold-out answers"), rounds)
+    results["http_ceiling"], results["sold_out"] = http["flask"]
+    results["bare_http_ceiling"], results["sold_out_against_bare"] = http["bare"]
     results["features"] = {name: feature_cost(database_url, options.feature_seconds, workers,
                                               options.feature_rounds, off, on, name)
                            for name, (off, on) in FEATURES.items()}
