@@ -20,14 +20,13 @@ from pathlib import Path
 
 import jwt
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import db
+import reset_db
+from deploy.local_server import LocalServer
+from deploy.nginx import GunicornBehindNginx
+from flashsale import settings as configuration
 
-import db  # noqa: E402
-import reset_db  # noqa: E402
-import settings as configuration  # noqa: E402
-from deploy.nginx import GunicornBehindNginx  # noqa: E402
-from local_server import LocalServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 BENCH = ROOT / "bench"
 PGBIN = Path(max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/bin")))

@@ -178,6 +178,17 @@ def units_held(by_item):
             _on.units_held.labels(str(item_id)).set(units)
 
 
+def db_event(event, detail=None):
+    """What db.py reports (db.configure's `reporter`): "unavailable" with its reason, "retry" with
+    the exception, "sold_out_cache_hit"."""
+    if event == "unavailable":
+        unavailable(detail)
+    elif event == "retry":
+        db_retry(detail)
+    elif event == "sold_out_cache_hit":
+        sold_out_cache_hit()
+
+
 def sold_out_cache_hit():
     if _on is not None:
         add(_on.cache_hits)

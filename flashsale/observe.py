@@ -15,7 +15,7 @@ import threading
 import time
 from functools import lru_cache
 
-import metrics
+from flashsale import metrics
 
 MAX_REQUEST_ID_LENGTH = 128
 REQUEST_ID = re.compile(f"[!-~]{{1,{MAX_REQUEST_ID_LENGTH}}}")  # visible ASCII
