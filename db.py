@@ -91,8 +91,8 @@ def waits_end_by(moment):
 
 class PooledConnection(psycopg.Connection):
     """The pool's connections. Each keeps one cursor for the statements of _transaction: a cursor
-    made per statement (its adapters and transformer) cost 15% of the instructions psycopg and
-    db.py spend on a purchase (docs/performance.md, Variants tried)."""
+    made per statement (its adapters and transformer) cost a large share of the instructions
+    psycopg and db.py spend on a purchase (docs/performance.md, Variants tried)."""
 
     _statement_cursor = None
 
@@ -210,8 +210,8 @@ def open_pool():
             },
             connection_class=DeadlineConnection if _settings.client_deadline else PooledConnection,
             name=f"{APPLICATION_NAME}-{os.getpid()}",
-            # No check= on checkout: it costs every request a round trip (10% of purchases/s,
-            # measured). A connection that broke while idle (the primary failed over or
+            # No check= on checkout: it costs every request a round trip (docs/performance.md).
+            # A connection that broke while idle (the primary failed over or
             # restarted) fails its transaction instead; the pool discards it and _run retries.
             reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
             open=True,
@@ -274,8 +274,8 @@ def _run(name, params):
             seconds_left = deadline - time.monotonic()
             try:
                 # getconn() and putconn() rather than pool.connection(), whose `with conn:` would
-                # only COMMIT nothing again (_transaction has ended the transaction): 11% of the
-                # instructions psycopg and db.py spend on a purchase. putconn() rolls back or
+                # only COMMIT nothing again (_transaction has ended the transaction), a share of
+                # the instructions psycopg and db.py spend on a purchase. putconn() rolls back or
                 # replaces a connection left in a transaction or broken, as connection() does.
                 conn = pool.getconn(timeout=min(_settings.pool_timeout, seconds_left))
                 try:

@@ -151,7 +151,7 @@ FEATURES = {
     "payment window": (gunicorn, held_item),
 }
 FEATURE_TARGET = 0.95  # on/off, each column: a feature costs under 5%
-FEATURE_TARGETS = {"payment window": 0.90}  # a hold costs under 10% (issue 16)
+FEATURE_TARGETS = {"payment window": 0.90}  # a hold costs under a tenth
 
 
 def wrk(url, seconds, connections, items=1, limit=None, extra=(), first_item=1):

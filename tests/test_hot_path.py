@@ -113,7 +113,7 @@ def test_the_sold_out_answer_is_the_http_ceilings(reset, app):
 def test_every_statement_stays_in_psycopgs_query_cache():
     """psycopg turns a statement's %(name)s placeholders into $n once and caches the result, but
     only for statements of up to db.QUERY_CACHE_BYTES: a longer one is parsed again at every
-    execute, 16 µs of each purchase. db.query() sends a statement without its comments and
+    execute, a cost on every purchase. db.query() sends a statement without its comments and
     indentation."""
     for path in db.QUERIES.glob("*.sql"):
         assert len(db.query(path.stem).encode()) <= db.QUERY_CACHE_BYTES, path.name

@@ -27,7 +27,7 @@ from verify import QUERIES, proof
 from deploy.local_server import ROOT, LocalServer
 
 RETRY_BUDGET_SECONDS = 1.0
-# freeze-db: the retry budget and the freeze of issue 12 (a freeze over three times the budget).
+# freeze-db: the retry budget, and a freeze over three times as long (docs/deadline.md).
 FREEZE_BUDGET_SECONDS = 3.0
 FREEZE_SECONDS = 10.0
 MODES = ["kill-worker", "restart-db", "kill-connections", "lock-hog", "freeze-db", "holds"]
