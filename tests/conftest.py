@@ -80,11 +80,8 @@ def client(reset, app):
 @pytest.fixture(scope="session")
 def server():
     """One gunicorn with four workers for the whole session."""
-    running = LocalServer(WEB_CONCURRENCY="4")
-    try:
-        yield running.wait_ready()
-    finally:
-        running.stop()
+    with LocalServer(WEB_CONCURRENCY="4") as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -103,11 +100,8 @@ def verified_client(reset, verified_app):
 @pytest.fixture(scope="session")
 def verified_server():
     """One gunicorn in verified mode, with two workers, for the whole session."""
-    running = LocalServer(WEB_CONCURRENCY="2", AUTH_JWT_SECRET=TOKEN_SECRET)
-    try:
-        yield running.wait_ready()
-    finally:
-        running.stop()
+    with LocalServer(WEB_CONCURRENCY="2", AUTH_JWT_SECRET=TOKEN_SECRET) as running:
+        yield running
 
 
 @contextmanager
