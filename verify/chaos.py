@@ -64,7 +64,7 @@ def kill_connections(server, options):
     """Terminate every connection of the service REPEATS times."""
     for _ in range(REPEATS):
         time.sleep(options.pause)
-        with db.connect() as conn:
+        with db.connect(options.database_url) as conn:
             conn.execute(db.query("terminate_connections", QUERIES), {"application_name": db.APPLICATION_NAME})
     return REPEATS
 
@@ -72,7 +72,7 @@ def kill_connections(server, options):
 def lock_hog(server, options):
     """Hold the item's row lock for twice the retry budget, once."""
     time.sleep(options.pause)
-    with db.connect() as conn, conn.transaction():
+    with db.connect(options.database_url) as conn, conn.transaction():
         conn.execute(db.query("lock_item", QUERIES), {"item_id": proof.ITEM_ID})
         time.sleep(2 * options.budget)
     return 1
