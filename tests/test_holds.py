@@ -341,3 +341,20 @@ def test_a_confirm_while_the_database_is_frozen_is_503_and_its_retry_finds_the_o
     assert answer is not None and answer.status_code == 200 and answer.json()["status"] == "confirmed"
     with db.connect() as fresh:
         assert state(fresh, purchase_id)["status"] == "confirmed"
+
+
+def test_a_stale_choice_of_purchase_statement_costs_a_statement_never_a_wrong_sale(reset, conn):
+    """db.py sends an item's purchases to buy_ticket.sql (sold at once) or buy_held_ticket.sql
+    (payment window) by what it last found of the item. Here item 1 changes kind between sales
+    under the same process: each purchase is still decided by the kind of the locked row."""
+    reset(stock=10)
+    assert db.buy_ticket(1, "alice", 1)["expires_at"] is None
+    assert 1 not in db._held_items
+    reset(stock=10, hold_seconds=HOLD_SECONDS)  # buy_ticket.sql answers 'payment_window' here
+    assert db.buy_ticket(1, "bob", 2)["expires_at"] is not None
+    assert 1 in db._held_items and state(conn, db.buy_ticket(1, "carol", 1)["purchase_id"])["status"] == "held"
+    reset(stock=10)  # buy_held_ticket.sql decides a purchase sold at once just as well
+    sold = db.buy_ticket(1, "dave", 3)
+    assert (sold["outcome"], sold["remaining"], sold["expires_at"]) == ("sold", 7, None)
+    assert 1 not in db._held_items and state(conn, sold["purchase_id"])["status"] == "confirmed"
+    assert db.buy_ticket(1, "erin", 1)["remaining"] == 6

@@ -109,12 +109,13 @@ def test_the_sold_out_answer_is_the_http_ceilings(reset):
     assert headers == [("Content-Type", "application/problem+json"), ("Content-Length", str(len(body)))]
 
 
-def test_the_purchase_statement_stays_in_psycopgs_query_cache(reset):
+@pytest.mark.parametrize("hold_seconds", [None, 600], ids=["sold at once", "payment window"])
+def test_the_purchase_statements_stay_in_psycopgs_query_cache(reset, hold_seconds):
     """psycopg turns a statement's %(name)s placeholders into $n once and caches the result, but
     only for statements of up to 4096 bytes (MAX_CACHED_STATEMENT_LENGTH in psycopg 3.3): a longer
     one is parsed again at every execute, 16 µs of each purchase. db.query() sends buy_ticket.sql
-    without its comments and indentation."""
-    reset(stock=10)
+    and buy_held_ticket.sql without their comments and indentation."""
+    reset(stock=10, hold_seconds=hold_seconds)
     db.buy_ticket(1, "first", 1)
     hits = _query2pg.cache_info().hits
     db.buy_ticket(1, "second", 1)

@@ -1,0 +1,84 @@
+"""Purchase statements alone in pgbench, on one hot row, interleaved: what a statement costs behind
+the item's row lock, without HTTP or Python (docs/performance.md, What the holds cost purchases).
+
+    python bench/statements.py f815516:queries/buy_ticket.sql queries/buy_ticket.sql
+    python bench/statements.py queries/buy_ticket.sql queries/buy_held_ticket.sql@held
+
+Each statement (a file, or REVISION:PATH read with `git show`) runs as pgbench's transaction,
+BEGIN; the statement; END;, for a new buyer and idempotency key each time (a random number),
+on item 1, sold at once, or with `@held` after it on item 2, whose purchases are holds of an hour.
+The first statement is the base: the others run in turn after it, base first and last, and each
+run is divided by the mean of the base runs around it; the median of those ratios is printed
+with the lowest and highest.
+"""
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import bench  # noqa: E402
+import settings as configuration  # noqa: E402
+
+# A new buyer and key for each transaction: pgbench's variables are sent as parameters, as the
+# service's are (a function call in their place would keep the planner from the indexes).
+PARAMETERS = {"item_id": ":item_id", "user_id": ":buyer", "quantity": "1", "idempotency_key": ":buyer"}
+
+
+def statement_text(spec):
+    """The statement of a file, or of REVISION:PATH, without comments, as db.query() sends it."""
+    if ":" in spec:
+        text = subprocess.run(["git", "-C", str(ROOT), "show", spec], capture_output=True, text=True,
+                              check=True).stdout
+    else:
+        text = Path(spec).read_text()
+    lines = (line.strip() for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return "\n".join(lines)
+
+
+def pgbench_script(spec, folder):
+    """A pgbench script file running the statement of `spec` on its item."""
+    spec, held = spec.removesuffix("@held"), spec.endswith("@held")
+    item_id = bench.HELD_ITEM if held else 1
+    statement = re.sub(r"%\((\w+)\)s", lambda match: PARAMETERS[match.group(1)], statement_text(spec))
+    path = Path(folder) / f"{len(list(Path(folder).iterdir()))}.pgbench"
+    path.write_text(f"\\set item_id {item_id}\n\\set buyer random(1, 9000000000000000)\nBEGIN;\n{statement};\nEND;\n")
+    return path
+
+
+def pgbench(database_url, script, seconds, clients):
+    bench.announce(f"pgbench {script.name}", seconds, 0)
+    command = [str(bench.PGBIN / "pgbench"), "-n", "-M", "prepared", "-c", str(clients), "-j", "2",
+               "-T", str(seconds), "-f", str(script), database_url]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return {"per_second": float(next(line for line in output.splitlines() if line.startswith("tps =")).split()[2])}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("statements", nargs="+", help="files or REVISION:PATH, each with @held for the held item; the first is the base")
+    parser.add_argument("--seconds", type=int, default=5, help="length of each run (default 5)")
+    parser.add_argument("--rounds", type=int, default=7, help="runs of each statement (default 7)")
+    parser.add_argument("--clients", type=int, default=3, help="pgbench clients (default 3, as workers)")
+    options = parser.parse_args()
+    database_url = configuration.load_or_exit().database_url
+    bench.sale_with_a_held_item(database_url, bench.AMPLE_STOCK)
+    with tempfile.TemporaryDirectory() as folder:
+        base, *others = [pgbench_script(spec, folder) for spec in options.statements]
+        for spec, script in zip(options.statements[1:], others):
+            _, measured = bench.interleaved(lambda: pgbench(database_url, base, options.seconds, options.clients),
+                                            lambda: pgbench(database_url, script, options.seconds, options.clients),
+                                            options.rounds)
+            ratios = measured["ratios"]
+            print(f"{spec} / {options.statements[0]}, {options.clients} clients, transactions/s: "
+                  f"{statistics.median(ratios):.3f} (from {min(ratios):.3f} to {max(ratios):.3f}, "
+                  f"{options.rounds} rounds)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
