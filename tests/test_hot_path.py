@@ -7,7 +7,7 @@ through the fast path and once through Flask alone, against the real database.""
 import json
 
 import pytest
-from psycopg._queries import _query2pg
+from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH, _query2pg
 from werkzeug.test import Client
 
 import app as service
@@ -120,3 +120,8 @@ def test_the_purchase_statements_stay_in_psycopgs_query_cache(reset, hold_second
     hits = _query2pg.cache_info().hits
     db.buy_ticket(1, "second", 1)
     assert _query2pg.cache_info().hits > hits
+
+
+@pytest.mark.parametrize("name", ["buy_ticket", "buy_held_ticket", "buy_ticket_expiring_holds"])
+def test_every_purchase_statement_is_short_enough_for_that_cache(name):
+    assert len(db.query(name).encode()) <= MAX_CACHED_STATEMENT_LENGTH
