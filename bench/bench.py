@@ -365,12 +365,12 @@ def print_table(results, smoke):
           f"max {burst['purchase_max_ms']:.1f} ms; all answers p50 {burst['p50_ms']:.1f} ms, "
           f"p99 {burst['p99_ms']:.1f} ms; exact sell-out: {burst['exact_sell_out']}, no 5xx: {burst['no_5xx']}")
     for name, cost in results["features"].items():
-        print(f"feature {name}: on/off purchases {cost['purchases']['on']:.0f}/{cost['purchases']['off']:.0f} "
-              f"= {cost['purchases']['ratio']:.2f}, sold-out {cost['sold_out']['on']:.0f}/"
-              f"{cost['sold_out']['off']:.0f} = {cost['sold_out']['ratio']:.2f} (target >= "
-              f"{FEATURE_TARGETS.get(name, FEATURE_TARGET):.2f}; median of "
-              f"{len(cost['sold_out']['ratios'])} rounds, from {min(cost['sold_out']['ratios']):.2f} to "
-              f"{max(cost['sold_out']['ratios']):.2f})")
+        print(f"feature {name}: on/off " + ", ".join(
+            f"{label} {cost[kind]['on']:.0f}/{cost[kind]['off']:.0f} = {cost[kind]['ratio']:.2f} "
+            f"({min(cost[kind]['ratios']):.2f}-{max(cost[kind]['ratios']):.2f})"
+            for label, kind in [("purchases", "purchases"), ("sold-out", "sold_out")])
+              + f" (target >= {FEATURE_TARGETS.get(name, FEATURE_TARGET):.2f}; median of "
+              f"{len(cost['sold_out']['ratios'])} rounds, the lowest and highest in brackets)")
     ratios = results["ratios"]
     print(f"ratios: purchases/database ceiling {ratios['purchases_vs_database']:.2f} (target >= 0.60), "
           f"sold-out/HTTP ceiling {ratios['sold_out_vs_http']:.2f} (target >= 0.90), "
