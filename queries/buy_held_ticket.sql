@@ -3,8 +3,8 @@
 -- takes the units off the stock, in one statement: the item's row lock is held from here to
 -- COMMIT, one round trip later. When a hold of the item is due it answers 'holds_due' and changes
 -- nothing: db.py then runs buy_ticket_expiring_holds.sql in the same transaction, under this
--- lock, which expires them and sells from the units they return. Expiring costs every purchase
--- that carries it, due or not, a quarter of its rate behind the lock (docs/performance.md).
+-- lock, which expires them and sells from the units they return. The expiry's UPDATE costs
+-- every purchase whose statement has it, due or not, behind the lock (docs/performance.md).
 -- It decides purchases of items sold at once exactly too, as 'confirmed' for good.
 -- `item` locks the item's row (FOR UPDATE): purchases of an item queue there, and the row it
 -- returns is the latest, whatever committed while this one waited. The purchases are read in the
