@@ -58,12 +58,20 @@ def pgbench_script(spec, folder):
     return path
 
 
+def pgbench_command(database_url, script, seconds, clients):
+    return [str(bench.PGBIN / "pgbench"), "-n", "-M", "prepared", "-c", str(clients), "-j", "2",
+            "-T", str(seconds), "-f", str(script), database_url]
+
+
+def transactions_per_second(output):
+    return float(next(line for line in output.splitlines() if line.startswith("tps =")).split()[2])
+
+
 def pgbench(database_url, script, seconds, clients):
     bench.announce(f"pgbench {script.name}", seconds, 0)
-    command = [str(bench.PGBIN / "pgbench"), "-n", "-M", "prepared", "-c", str(clients), "-j", "2",
-               "-T", str(seconds), "-f", str(script), database_url]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return {"per_second": float(next(line for line in output.splitlines() if line.startswith("tps =")).split()[2])}
+    output = subprocess.run(pgbench_command(database_url, script, seconds, clients), capture_output=True,
+                            text=True, check=True).stdout
+    return {"per_second": transactions_per_second(output)}
 
 
 # Functions of the PostgreSQL backend whose share of the samples --perf prints: a sample counts
@@ -83,15 +91,14 @@ def stacks(perf_data):
 def profile(database_url, spec, script, seconds, clients, folder):
     """Backend CPU µs per transaction of one pgbench run: in all, and under each PROFILED function."""
     perf_data = f"{folder}/perf.data"
-    command = [str(bench.PGBIN / "pgbench"), "-n", "-M", "prepared", "-c", str(clients), "-j", "2",
-               "-T", str(seconds + 2), "-f", str(script), database_url]
+    command = pgbench_command(database_url, script, seconds + 2, clients)
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as load:
         time.sleep(1)
         with db.connect(database_url) as conn:
             pids = [row["pid"] for row in conn.execute(db.query("pgbench_backends", ROOT / "bench"))]
         subprocess.run(["perf", "record", "-q", "-F", str(PERF_HZ), "-g", "-o", perf_data,
                         "-p", ",".join(map(str, pids)), "--", "sleep", str(seconds)], check=True)
-        tps = float(next(line for line in load.communicate()[0].splitlines() if line.startswith("tps =")).split()[2])
+        tps = transactions_per_second(load.communicate()[0])
     samples = stacks(perf_data)
     counts = collections.Counter(name for sample in samples for name in PROFILED if name in sample)
     per_transaction = 1e6 / PERF_HZ / (tps * seconds)
