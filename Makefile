@@ -4,10 +4,10 @@
 SHELL := /bin/bash
 VENV := .venv
 PYTHON := $(VENV)/bin/python
-DATABASE := DATABASE_URL="$$(scripts/pg.sh url)" && export DATABASE_URL
+DATABASE := DATABASE_URL="$$(deploy/pg.sh url)" && export DATABASE_URL
 # The tests read neither .env nor a DATABASE_URL written only there.
-TEST_DATABASE := DATABASE_URL="$$(scripts/pg.sh test-url)" && export DATABASE_URL FLASK_SKIP_DOTENV=1
-CHECK_SETTINGS := $(PYTHON) settings.py
+TEST_DATABASE := DATABASE_URL="$$(deploy/pg.sh test-url)" && export DATABASE_URL FLASK_SKIP_DOTENV=1
+CHECK_SETTINGS := $(PYTHON) -m flashsale.settings
 UPGRADE_SCHEMA := $(VENV)/bin/flask --app app db upgrade
 
 .PHONY: run test serve reset chaos bench bench-full bench-smoke profile wrk strace nginx browser db db-stop clean \
@@ -20,7 +20,7 @@ FRESH_SECRET := export AUTH_JWT_SECRET="$$($(PYTHON) -c 'import secrets; print(s
 # PROOF_ARGS="--hold-seconds 3 --confirm-ratio 0.6" proves a sale that takes payment.
 run: $(VENV)/installed
 	$(DATABASE) && $(FRESH_SECRET) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && \
-		$(PYTHON) local_server.py $(PYTHON) proof_of_correctness.py $(PROOF_ARGS)
+		$(PYTHON) -m deploy.local_server $(PYTHON) proof_of_correctness.py $(PROOF_ARGS)
 
 test: $(VENV)/installed nginx browser
 	$(TEST_DATABASE) && $(PYTHON) -m pytest
@@ -30,28 +30,28 @@ test: $(VENV)/installed nginx browser
 # `make reset` for a fresh item 1.
 serve: $(VENV)/installed nginx
 	$(DATABASE) && export ACCESS_LOG="$${ACCESS_LOG:-1}" && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && \
-		$(PYTHON) deploy/nginx.py serve
+		$(PYTHON) -m deploy.nginx serve
 
 # MODES="holds kill-worker" runs some only.
 chaos: $(VENV)/installed
-	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) chaos.py $(MODES)
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) -m verify.chaos $(MODES)
 
 # The headline table in about 8 minutes: ceilings, purchases, sold-out answers, the burst and the
 # payment window's row. bench-full adds the other feature rows and the scaling runs (27 minutes).
 bench: $(VENV)/installed wrk nginx
-	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) -m bench.bench
 
 bench-full: $(VENV)/installed wrk nginx
-	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py --full
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) -m bench.bench --full
 
 # A few seconds of every measurement, so that the benchmark keeps working; no figure is judged.
 bench-smoke: $(VENV)/installed wrk nginx
-	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/bench.py --smoke
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) -m bench.bench --smoke
 
 # Where a worker's CPU goes per answer: the ceiling, sold-out answers, purchases (bench/cpu_profile.py,
 # py-spy from requirements-dev.txt); about 2 minutes. `bench/ab.py` compares two revisions.
 profile: $(VENV)/installed wrk strace
-	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) bench/cpu_profile.py
+	$(DATABASE) && $(CHECK_SETTINGS) && $(UPGRADE_SCHEMA) && $(PYTHON) -m bench.cpu_profile
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -72,10 +72,10 @@ reset: $(VENV)/installed
 	$(DATABASE) && $(CHECK_SETTINGS) && $(PYTHON) reset_db.py --yes
 
 db: $(VENV)/installed
-	scripts/pg.sh start
+	deploy/pg.sh start
 
 db-stop:
-	scripts/pg.sh stop
+	deploy/pg.sh stop
 
 $(VENV)/installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -87,13 +87,13 @@ $(VENV)/installed: requirements.txt requirements-dev.txt
 clean: db-stop
 	if [ -x $(PYTHON) ]; then $(CLUSTER) down; fi
 	rm -rf .cluster
-	rm -rf $(VENV) .pgdata .pgdata.log "$$(scripts/pg.sh data-dir)" "$$(scripts/pg.sh data-dir).log" \
+	rm -rf $(VENV) .pgdata .pgdata.log "$$(deploy/pg.sh data-dir)" "$$(deploy/pg.sh data-dir).log" \
 		.pytest_cache .hypothesis bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # A local cluster: pg_auto_failover monitor, primary and synchronous standby, two app hosts,
 # nginx in front (deploy/cluster.py; docs/cluster.md). Installs the Debian packages if missing.
-CLUSTER := $(PYTHON) deploy/cluster.py
+CLUSTER := $(PYTHON) -m deploy.cluster
 
 cluster-packages: nginx
 	@command -v pg_autoctl >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-15-auto-failover pg-auto-failover-cli; }
@@ -107,10 +107,10 @@ cluster-down: $(VENV)/installed
 cluster-status: $(VENV)/installed
 	$(CLUSTER) status
 
-# Faults under a steady sale through nginx, then the proof's check (deploy/cluster_chaos.py);
+# Faults under a steady sale through nginx, then the proof's check (verify/cluster_chaos.py);
 # MODES="kill-primary switchover" runs some only. Brings a cluster up (and down) if none runs.
 cluster-chaos: $(VENV)/installed cluster-packages
-	$(PYTHON) deploy/cluster_chaos.py $(MODES)
+	$(PYTHON) -m verify.cluster_chaos $(MODES)
 
 # The cluster's tests (tests/test_cluster.py): up, a burst with the primary killed, down.
 cluster-test: $(VENV)/installed cluster-packages

@@ -1,4 +1,7 @@
-"""Database access: the per-process connection pool, the SQL of queries/, transactions, retries."""
+"""Database access: the per-process connection pool, the SQL of queries/, transactions, retries.
+
+The ground floor: it imports nothing of this project. The app or a script hands it its settings
+with configure() (the app through init_app()), and a `report` function to tell what it counts."""
 import itertools
 import os
 import random
@@ -15,11 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-import metrics
-import settings as configuration
-
 QUERIES = Path(__file__).parent / "queries"
-TEST_QUERIES = Path(__file__).parent / "tests" / "queries"  # for the tests, the proof and chaos runs
 APPLICATION_NAME = "flashsale"
 MAX_INT = 2**31 - 1  # PostgreSQL integer: items.id, stock, quantities
 MAX_BIGINT = 2**63 - 1  # PostgreSQL bigint: purchases.id
@@ -92,8 +91,8 @@ def waits_end_by(moment):
 
 class PooledConnection(psycopg.Connection):
     """The pool's connections. Each keeps one cursor for the statements of _transaction: a cursor
-    made per statement (its adapters and transformer) cost 15% of the instructions psycopg and
-    db.py spend on a purchase (docs/performance.md, Variants tried)."""
+    made per statement (its adapters and transformer) cost a large share of the instructions
+    psycopg and db.py spend on a purchase (docs/performance.md, Variants tried)."""
 
     _statement_cursor = None
 
@@ -129,19 +128,23 @@ class DeadlineConnection(PooledConnection):
             raise DeadlinePassed("no answer from the database before the request's deadline") from None
 
 
+# psycopg caches its conversion of a statement's placeholders only for statements up to this
+# long (MAX_CACHED_STATEMENT_LENGTH in psycopg 3.3); tests/test_hot_path.py keeps every one within.
+QUERY_CACHE_BYTES = 4096
+
+
 @cache
 def query(name, folder=QUERIES):
     """The statement of <folder>/<name>.sql as it is sent: without the comment lines and the
-    indentation, which are for the reader. psycopg caches its conversion of a statement's
-    placeholders only up to 4096 bytes (tests/test_hot_path.py), and buy_ticket.sql's comments
-    alone would pass that."""
+    indentation, which are for the reader and would take buy_ticket.sql past QUERY_CACHE_BYTES."""
     lines = (Path(folder) / f"{name}.sql").read_text().splitlines()
     return "\n".join(line.strip() for line in lines if not line.lstrip().startswith("--"))
 
 
 def connect(database_url=None):
-    """A single autocommit connection, for scripts and tests."""
-    database_url = database_url or configuration.load().database_url
+    """A single autocommit connection, for scripts and tests: to `database_url`, else to the
+    configured database."""
+    database_url = database_url or settings().database_url
     return psycopg.connect(database_url, autocommit=True, row_factory=dict_row, **connect_timeout(database_url))
 
 
@@ -150,23 +153,46 @@ def connect_timeout(database_url):
     return {} if "connect_timeout" in conninfo_to_dict(database_url) else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
 
 
-_settings = None  # set by configure(), else the process's settings at first use
+_settings = None  # set by configure()
 _pool = None
 
 
-def configure(settings):
-    """Use these settings from now on; a pool opened under other settings is closed."""
-    global _settings
+def ignore(event, detail=None):
+    pass
+
+
+# Told what db.py counts: report("unavailable", reason), report("retry", exception),
+# report("sold_out_cache_hit"). The app hands it its metrics.
+report = ignore
+
+
+def configure(settings, reporter=ignore):
+    """Use these settings from now on: an object with database_url, pool_size, max_overflow,
+    pool_timeout, retry_budget, client_deadline and sold_out_cache (the app's Settings). A pool
+    opened under other settings is closed."""
+    global _settings, report
+    report = reporter
     if settings is not _settings:
         close_pool()
         _settings = settings
 
 
+def init_app(app, reporter=ignore):
+    """Configure with the app's settings, as the Flask tutorial's db.init_app does."""
+    configure(app.config["SETTINGS"], reporter)
+
+
+def settings():
+    """The settings configure() was given."""
+    if _settings is None:
+        raise RuntimeError("db.configure() was not called: the app or script must configure db first")
+    return _settings
+
+
 def open_pool():
     """Open this process's pool. Call it after forking: a pool never crosses a fork."""
     global _pool
-    if _settings is None:
-        configure(configuration.load())
+    settings()
     if _pool is None:
         _pool = ConnectionPool(
             _settings.database_url,
@@ -184,8 +210,8 @@ def open_pool():
             },
             connection_class=DeadlineConnection if _settings.client_deadline else PooledConnection,
             name=f"{APPLICATION_NAME}-{os.getpid()}",
-            # No check= on checkout: it costs every request a round trip (10% of purchases/s,
-            # measured). A connection that broke while idle (the primary failed over or
+            # No check= on checkout: it costs every request a round trip (docs/performance.md).
+            # A connection that broke while idle (the primary failed over or
             # restarted) fails its transaction instead; the pool discards it and _run retries.
             reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
             open=True,
@@ -250,7 +276,7 @@ def _run(name, params):
     budget is spent. The budget is also the client-side deadline of every wait on the database."""
     global _unreachable_until
     if time.monotonic() < _unreachable_until:
-        metrics.unavailable("database_unreachable")
+        report("unavailable", "database_unreachable")
         raise Unavailable("the database was unreachable a moment ago")
     pool = open_pool()
     deadline = time.monotonic() + _settings.retry_budget
@@ -260,8 +286,8 @@ def _run(name, params):
             seconds_left = deadline - time.monotonic()
             try:
                 # getconn() and putconn() rather than pool.connection(), whose `with conn:` would
-                # only COMMIT nothing again (_transaction has ended the transaction): 11% of the
-                # instructions psycopg and db.py spend on a purchase. putconn() rolls back or
+                # only COMMIT nothing again (_transaction has ended the transaction), a share of
+                # the instructions psycopg and db.py spend on a purchase. putconn() rolls back or
                 # replaces a connection left in a transaction or broken, as connection() does.
                 conn = pool.getconn(timeout=min(_settings.pool_timeout, seconds_left))
                 try:
@@ -270,10 +296,10 @@ def _run(name, params):
                     pool.putconn(conn)
             except PoolTimeout as exc:
                 _unreachable_until = time.monotonic() + UNREACHABLE_HOLD_SECONDS
-                metrics.unavailable("pool_timeout")
+                report("unavailable", "pool_timeout")
                 raise Unavailable(str(exc), outcome_unknown) from exc
             except errors.QueryCanceled as exc:
-                metrics.unavailable("statement_timeout")
+                report("unavailable", "statement_timeout")
                 raise Unavailable(str(exc), outcome_unknown) from exc
             except TRANSIENT as exc:
                 # A cut-off COMMIT is retried like a lost connection: the same idempotency key
@@ -281,9 +307,9 @@ def _run(name, params):
                 outcome_unknown = outcome_unknown or isinstance(exc, CommitCutOff)
                 pause = random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_FIRST_SECONDS * 2**attempt))
                 if time.monotonic() + pause >= deadline:
-                    metrics.unavailable("deadline_passed" if isinstance(exc, DeadlinePassed) else "retries_exhausted")
+                    report("unavailable", "deadline_passed" if isinstance(exc, DeadlinePassed) else "retries_exhausted")
                     raise Unavailable(str(exc), outcome_unknown) from exc
-                metrics.db_retry(exc)
+                report("retry", exc)
                 time.sleep(pause)
 
 
@@ -307,7 +333,7 @@ def buy_ticket(item_id, user_id, quantity, idempotency_key=None):
     connection lost mid-COMMIT finds the purchase instead of selling twice. A request with
     one always asks the database, which may hold the purchase to replay."""
     if idempotency_key is None and _sold_out_until.get(item_id, 0) > time.monotonic():
-        metrics.sold_out_cache_hit()
+        report("sold_out_cache_hit")
         return {"outcome": "sold_out", "remaining": 0, "expired": 0, "released": 0}
     params = {
         "item_id": item_id,

@@ -1,23 +1,18 @@
 """Gunicorn settings: sync workers, each with its own connection pool opened after the fork.
 
-Command-line flags (-b, -w, ...) and GUNICORN_CMD_ARGS override these."""
+Command-line flags (-b, -w, ...) and GUNICORN_CMD_ARGS override these. gunicorn puts its
+working directory (this one) on sys.path before it reads this file."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import auth  # noqa: E402
-import db  # noqa: E402
-import metrics  # noqa: E402
-import observe  # noqa: E402
-import schema  # noqa: E402
-import settings as configuration  # noqa: E402
-import sweeper  # noqa: E402
+import db
+from flashsale import auth, metrics, observe, schema, sweeper
+from flashsale import settings as configuration
 
 settings = configuration.load_or_exit()
+db.configure(settings)  # for the master's checks; each worker inherits it, and its app adds the metrics
 
 wsgi_app = "app:app"
-worker_class = "problem_worker.ProblemWorker"
+worker_class = "flashsale.worker.ProblemWorker"
 workers = settings.web_concurrency
 bind = settings.bind
 # Well above DB_RETRY_BUDGET_SECONDS: a request answers 503 long before the worker is killed.

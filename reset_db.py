@@ -10,8 +10,8 @@ from datetime import datetime
 import psycopg
 
 import db
-import schema
-import settings as configuration
+from flashsale import schema
+from flashsale import settings as configuration
 
 
 def reset(stock=100, items=1, max_per_user=None, sale_starts_at=None, sale_ends_at=None,

@@ -1,8 +1,8 @@
 """This checkout against another revision, interleaved on warm servers, as bench.py's feature rows.
 
-    python bench/ab.py --base main                  # sold-out answers and purchases, 15 rounds
-    python bench/ab.py --base f230b28 --env ACCESS_LOG=1 sold_out
-    python bench/ab.py --base f230b28 --this 05a313a purchases   # two revisions, neither checked out
+    python -m bench.ab --base main                  # sold-out answers and purchases, 15 rounds
+    python -m bench.ab --base f230b28 --env ACCESS_LOG=1 sold_out
+    python -m bench.ab --base f230b28 --this 05a313a purchases   # two revisions, neither checked out
 
 Both servers start once and stay up: the base revision's code (exported with `git archive` into
 bench/results/) and this checkout's (or --this revision's), each on a loopback address of its
@@ -12,16 +12,11 @@ reported with the lowest and the highest, and the median CPU per answer of each 
 of all the workers, from /proc).
 """
 import argparse
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import bench  # noqa: E402
-import reset_db  # noqa: E402
-import settings as configuration  # noqa: E402
-from cpu_profile import cpu_seconds, export, server  # noqa: E402
+import reset_db
+from bench import bench
+from bench.cpu_profile import cpu_seconds, export, server
+from flashsale import settings as configuration
 
 KINDS = {"sold_out": 0, "purchases": bench.AMPLE_STOCK}
 

@@ -1,8 +1,8 @@
 """Where a worker's CPU goes per answer, under wrk: `make profile` (docs/performance.md, Profile).
 
-    python bench/cpu_profile.py                       # the ceiling, sold-out answers, purchases
-    python bench/cpu_profile.py sold_out --revision f230b28 --verified
-    python bench/cpu_profile.py --report              # the last run's figures again
+    python -m bench.cpu_profile                       # the ceiling, sold-out answers, purchases
+    python -m bench.cpu_profile sold_out --revision f230b28 --verified
+    python -m bench.cpu_profile --report              # the last run's figures again
 
 For each kind of load (the HTTP ceiling's constant 409, sold-out answers, purchases of 1 hot
 item) it starts gunicorn as bench.py does (this checkout's, or --revision's code exported with
@@ -29,12 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import reset_db
+from bench import bench
+from flashsale import settings as configuration
 
-import bench  # noqa: E402
-import reset_db  # noqa: E402
-import settings as configuration  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SAMPLE_RATE = 250  # py-spy samples/s: more slows the sampled worker (it is paused per sample)
@@ -85,11 +84,13 @@ def export(revision):
     commit = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout.strip()
     folder = bench.BENCH / "results" / f"ab-{commit}"
-    if not (folder / "local_server.py").exists():
+    if not (folder / "app.py").exists():
         folder.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    spec = importlib.util.spec_from_file_location(f"local_server_{commit}", folder / "local_server.py")
+    # deploy/ holds it since the service moved into flashsale/; earlier revisions kept it at the top.
+    runner = next(path for path in (folder / "deploy" / "local_server.py", folder / "local_server.py") if path.exists())
+    spec = importlib.util.spec_from_file_location(f"local_server_{commit}", runner)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return commit, module.LocalServer

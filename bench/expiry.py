@@ -6,19 +6,18 @@
    that long; buy_ticket_expiring_holds.sql), for N = 0, 10, 100, 1000, 10000;
 3. a sweep (expire_holds.sql) with nothing due, and with N due.
 
-Run: `.venv/bin/python bench/expiry.py` with DATABASE_URL set (it resets the database).
+Run: `.venv/bin/python -m bench.expiry` with DATABASE_URL set (it resets the database).
 """
 import statistics
-import sys
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import db
+import reset_db
+from flashsale import settings as configuration
 
-import db  # noqa: E402
-import reset_db  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ROUNDS = 7
 PURCHASES_PER_ROUND = 500
@@ -62,6 +61,7 @@ def timed(conn, run):
 
 
 def main():
+    db.configure(configuration.load_or_exit())
     with db.connect() as conn:
         conn.prepare_threshold = 0
         reset_db.reset(stock=STOCK, items=2)

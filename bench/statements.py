@@ -1,8 +1,8 @@
 """Purchase statements alone in pgbench, on one hot row, interleaved: what a statement costs behind
 the item's row lock, without HTTP or Python (docs/performance.md, What the holds cost purchases).
 
-    python bench/statements.py f815516:queries/buy_ticket.sql queries/buy_ticket.sql
-    python bench/statements.py queries/buy_ticket.sql queries/buy_held_ticket.sql@held
+    python -m bench.statements f815516:queries/buy_ticket.sql queries/buy_ticket.sql
+    python -m bench.statements queries/buy_ticket.sql queries/buy_held_ticket.sql@held
 
 Each statement (a file, or REVISION:PATH read with `git show`) runs as pgbench's transaction,
 BEGIN; the statement; END;, for a new buyer and idempotency key each time (a random number),
@@ -21,17 +21,15 @@ import collections
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import db
+from bench import bench
+from flashsale import settings as configuration
 
-import bench  # noqa: E402
-import db  # noqa: E402
-import settings as configuration  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # A new buyer and key for each transaction: pgbench's variables are sent as parameters, as the
 # service's are (a function call in their place would keep the planner from the indexes).

@@ -2,7 +2,7 @@
 its synchronous standby, two app hosts (gunicorn, each on a loopback address of its own) and nginx
 in front of them.
 
-    python deploy/cluster.py up | down | status
+    python -m deploy.cluster up | down | status
 
 Everything lives in one folder, .cluster/ of the checkout (or a folder of /tmp when the postgres
 user cannot enter the checkout), and state.json there holds every port, pid and URL.
@@ -18,18 +18,17 @@ import time
 import zlib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import psycopg
+import requests
 
-import psycopg  # noqa: E402
-import requests  # noqa: E402
-
-import db  # noqa: E402
-import reset_db  # noqa: E402
-from deploy import nginx  # noqa: E402
+import db
+import reset_db
+from deploy import nginx
 # The chaos runs and the tests reach these through this module.
-from deploy.processes import (ClusterError, alive, free_ports, kill_tree, process_tree,  # noqa: E402,F401
+from deploy.processes import (ClusterError, alive, free_ports, kill_tree, process_tree,  # noqa: F401
                               signal_all, wait_for, wait_gone)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PG_BIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))  # pg_auto_failover's PostgreSQL
 DB_NAME = "flashsale"

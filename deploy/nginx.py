@@ -1,7 +1,7 @@
 """nginx in front of gunicorn: renders deploy/nginx.conf.template and runs nginx from a folder.
 
-    python deploy/nginx.py serve     # gunicorn on a unix socket, nginx on API_URL; Ctrl-C stops both
-    python deploy/nginx.py render --folder DIR --listen 0.0.0.0:80 [--upstream unix:/run/x.sock]
+    python -m deploy.nginx serve     # gunicorn on a unix socket, nginx on API_URL; Ctrl-C stops both
+    python -m deploy.nginx render --folder DIR --listen 0.0.0.0:80 [--upstream unix:/run/x.sock]
 
 From Python (tests, bench, a cluster): render(...) gives the configuration, Nginx(...) runs it as
 a subprocess, and GunicornBehindNginx(...) is a LocalServer whose clients go through nginx.
@@ -21,10 +21,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from local_server import LocalServer, free_address  # noqa: E402
+from deploy.local_server import ROOT, LocalServer, free_address
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 LOOPBACK = ("127.0.0.0/8", "::1")
@@ -241,7 +238,7 @@ def serve(settings):
 
 
 def main(argv=None):
-    import settings as configuration
+    from flashsale import settings as configuration
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -3,9 +3,8 @@
 -- Items without purchases have no row. Reads only: no row lock is taken.
 -- Parameters: item_ids (an array of item ids).
 SELECT item_id,
-       count(DISTINCT user_id) FILTER (WHERE status = 'confirmed'
-                                          OR (status = 'held' AND now() < expires_at)) AS buyers,
-       count(*) FILTER (WHERE status = 'held' AND now() < expires_at) AS holds,
+       count(DISTINCT user_id) FILTER (WHERE purchase_status(purchases) IN ('held', 'confirmed')) AS buyers,
+       count(*) FILTER (WHERE purchase_status(purchases) = 'held') AS holds,
        min(created_at) AS first_sale_at,
        max(created_at) AS last_sale_at
 FROM purchases

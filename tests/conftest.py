@@ -11,7 +11,6 @@ import pytest
 from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # The tests read no .env: a developer's settings must not change what they test. Every server
 # they start inherits this.
@@ -33,15 +32,16 @@ os.environ["HOLD_SWEEP_SECONDS"] = "0"
 settings.register_profile("ci", derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
-import app as service  # noqa: E402
 import db  # noqa: E402
 import reset_db  # noqa: E402
-import schema  # noqa: E402
-import settings as configuration  # noqa: E402
 import support  # noqa: E402
 from deploy import nginx  # noqa: E402
-from local_server import LocalServer  # noqa: E402
+from deploy.local_server import LocalServer  # noqa: E402
+from flashsale import create_app, schema  # noqa: E402
+from flashsale import settings as configuration  # noqa: E402
 from support import TOKEN_SECRET, StandInUpstream  # noqa: E402
+
+db.configure(configuration.load())  # the test settings: this environment's, without .env
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,27 +64,31 @@ def conn():
         yield connection
 
 
+@pytest.fixture(scope="session")
+def app():
+    """The app as the Flask tutorial's tests make it: create_app() with the test settings (open
+    mode)."""
+    return create_app(configuration.load())
+
+
 @pytest.fixture
-def client(reset):
+def client(reset, app):
     reset(stock=100)
-    return service.app.test_client()
+    return app.test_client()
 
 
 @pytest.fixture(scope="session")
 def server():
     """One gunicorn with four workers for the whole session."""
-    running = LocalServer(WEB_CONCURRENCY="4")
-    try:
-        yield running.wait_ready()
-    finally:
-        running.stop()
+    with LocalServer(WEB_CONCURRENCY="4") as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
 def verified_app():
     """The app in verified mode: HS256 tokens signed with support.TOKEN_SECRET."""
     verified = configuration.auth_settings({"AUTH_JWT_SECRET": TOKEN_SECRET})
-    return service.create_app(dataclasses.replace(configuration.load(), **verified))
+    return create_app(dataclasses.replace(configuration.load(), **verified))
 
 
 @pytest.fixture
@@ -96,11 +100,8 @@ def verified_client(reset, verified_app):
 @pytest.fixture(scope="session")
 def verified_server():
     """One gunicorn in verified mode, with two workers, for the whole session."""
-    running = LocalServer(WEB_CONCURRENCY="2", AUTH_JWT_SECRET=TOKEN_SECRET)
-    try:
-        yield running.wait_ready()
-    finally:
-        running.stop()
+    with LocalServer(WEB_CONCURRENCY="2", AUTH_JWT_SECRET=TOKEN_SECRET) as running:
+        yield running
 
 
 @contextmanager
@@ -160,9 +161,9 @@ def stand_in(nginx_folder):
 
 @pytest.fixture
 def stoppable_database():
-    """Tests that stop the database's processes run only on the private PostgreSQL of scripts/pg.sh."""
+    """Tests that stop the database's processes run only on the private PostgreSQL of deploy/pg.sh."""
     if not support.private_database():
-        pytest.skip("DATABASE_URL is not the private PostgreSQL of scripts/pg.sh")
+        pytest.skip("DATABASE_URL is not the private PostgreSQL of deploy/pg.sh")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -8,8 +8,8 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import history
-from history import INFINITY, UNKNOWN, Attempt, Operation
+from verify import history
+from verify.history import INFINITY, UNKNOWN, Attempt, Operation
 
 OFFSET = 1_700_000_000.0  # wall_minus_monotonic of the simulated histories
 START = 1000.0  # the monotonic clock when a simulated run begins

@@ -19,8 +19,8 @@ import jwt
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-import chaos
 import db
+from verify import QUERIES, chaos
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = [str(Path(sys.executable).parent / "flask"), "--app", "app"]  # the virtualenv's own
@@ -86,7 +86,7 @@ def raw_request(url, head, body=b"", close_write=False, timeout=10):
 
 
 def purchases(conn, item_id=1):
-    return conn.execute(db.query("list_purchases", db.TEST_QUERIES), {"item_id": item_id}).fetchall()
+    return conn.execute(db.query("list_purchases", QUERIES), {"item_id": item_id}).fetchall()
 
 
 def item(conn, item_id=1):
@@ -104,14 +104,14 @@ def set_expiry(conn, purchase_id, seconds):
 
 
 def cut_service_connections(conn):
-    conn.execute(db.query("terminate_connections", db.TEST_QUERIES), {"application_name": db.APPLICATION_NAME})
+    conn.execute(db.query("terminate_connections", QUERIES), {"application_name": db.APPLICATION_NAME})
 
 
 @contextmanager
 def row_lock_held(item_id=1, database_url=None):
     """Another session holds the item's row lock, as a purchase does, until the block ends."""
     with db.connect(database_url) as hog, hog.transaction():
-        hog.execute(db.query("lock_item", db.TEST_QUERIES), {"item_id": item_id})
+        hog.execute(db.query("lock_item", QUERIES), {"item_id": item_id})
         yield
 
 
@@ -146,9 +146,9 @@ def flask_command(*args, timeout=120, **env):
 
 
 def run_test_query(conn, name, params=None):
-    """The rows of tests/queries/<name>.sql, in a transaction of their own."""
+    """The rows of verify/queries/<name>.sql, in a transaction of their own."""
     with conn.transaction():
-        cursor = conn.execute(db.query(name, db.TEST_QUERIES), params or {})
+        cursor = conn.execute(db.query(name, QUERIES), params or {})
         return cursor.fetchall() if cursor.description else []
 
 
@@ -156,16 +156,16 @@ def make_legacy_database(conn, stock, items=1):
     """The schema as reset_db.py made it before migrations (no schema_migrations), seeded."""
     with conn.transaction():
         conn.execute(db.query("drop_schema"))
-        conn.execute(db.query("legacy_create_items", db.TEST_QUERIES))
-        conn.execute(db.query("legacy_create_purchases", db.TEST_QUERIES))
-        conn.execute(db.query("legacy_seed_items", db.TEST_QUERIES),
+        conn.execute(db.query("legacy_create_items", QUERIES))
+        conn.execute(db.query("legacy_create_purchases", QUERIES))
+        conn.execute(db.query("legacy_seed_items", QUERIES),
                      {"count": items, "stock": stock, "max_per_user": stock})
 
 
 def legacy_buy(conn, item_id, user_id, quantity, key):
     """A purchase as the code before payment windows made it (schema version 5 or older)."""
     with conn.transaction():
-        return conn.execute(db.query("legacy_buy_ticket", db.TEST_QUERIES), {
+        return conn.execute(db.query("legacy_buy_ticket", QUERIES), {
             "item_id": item_id, "user_id": user_id, "quantity": quantity, "idempotency_key": key}).fetchone()
 
 
@@ -404,7 +404,7 @@ def sample(samples, name, **labels):
 
 def set_sale(conn, item_id, remaining=None, starts_in=None, ends_in=None):
     """Change an item's remaining stock and sale window (in seconds from now; None: unchanged)."""
-    conn.execute(db.query("set_sale", db.TEST_QUERIES), {
+    conn.execute(db.query("set_sale", QUERIES), {
         "item_id": item_id, "remaining": remaining, "starts_in": starts_in, "ends_in": ends_in})
 
 
@@ -439,7 +439,7 @@ def wait_for(condition, seconds=15, pause=0.02):
 
 
 def private_database():
-    """True when DATABASE_URL is the private PostgreSQL of scripts/pg.sh, which tests may stop."""
+    """True when DATABASE_URL is the private PostgreSQL of deploy/pg.sh, which tests may stop."""
     return chaos.private_database(chaos.parse_options([]))
 
 
@@ -448,7 +448,7 @@ frozen_database = chaos.frozen_database  # every process of the private PostgreS
 
 def backends_waiting_on_commit(conn):
     """{pid: application_name} of the server processes whose COMMIT waits for a standby."""
-    rows = conn.execute(db.query("backends_waiting_on_commit", db.TEST_QUERIES)).fetchall()
+    rows = conn.execute(db.query("backends_waiting_on_commit", QUERIES)).fetchall()
     return {row["pid"]: row["application_name"] for row in rows}
 
 
@@ -460,7 +460,7 @@ def service_backend_waiting_on_commit(conn):
 
 def write_and_commit(conn):
     with conn.transaction():
-        conn.execute(db.query("write_a_temporary_table", db.TEST_QUERIES))
+        conn.execute(db.query("write_a_temporary_table", QUERIES))
 
 
 def commit_is_held(conn):
@@ -486,12 +486,12 @@ def commit_is_held(conn):
 def commits_held(conn):
     """Every COMMIT that writes waits, unanswered, until the block ends (see hold_commits.sql).
     statement_timeout does not bound that wait: the server commits after the statement ends."""
-    conn.execute(db.query("hold_commits", db.TEST_QUERIES))
+    conn.execute(db.query("hold_commits", QUERIES))
     try:
-        conn.execute(db.query("reload_configuration", db.TEST_QUERIES))
+        conn.execute(db.query("reload_configuration", QUERIES))
         if not wait_for(lambda: commit_is_held(conn)):
             raise RuntimeError("the server did not start holding commits")
         yield
     finally:
-        conn.execute(db.query("release_commits", db.TEST_QUERIES))
-        conn.execute(db.query("reload_configuration", db.TEST_QUERIES))
+        conn.execute(db.query("release_commits", QUERIES))
+        conn.execute(db.query("reload_configuration", QUERIES))

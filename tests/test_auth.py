@@ -12,9 +12,9 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-import app as service
-import proof_of_correctness as proof
-import settings as configuration
+from flashsale import create_app
+from verify import proof
+from flashsale import settings as configuration
 from support import TOKEN_SECRET, assert_problem, bearer, item, mint, purchases
 
 OTHER_SECRET = "another-identity-provider-secret-0123456789"
@@ -48,7 +48,7 @@ def hand_signed(header, payload, key=TOKEN_SECRET.encode()):
 def app_with(**environ):
     """The app under these AUTH_JWT_* settings."""
     auth = configuration.auth_settings(environ)
-    return service.create_app(dataclasses.replace(configuration.load(), **auth)).test_client()
+    return create_app(dataclasses.replace(configuration.load(), **auth)).test_client()
 
 
 # Verified mode: the buyer is the token's subject.

@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-import settings as configuration
+from flashsale import settings as configuration
 from conftest import ROOT
 from support import TOKEN_SECRET
 

@@ -1,7 +1,7 @@
 """Short chaos runs: every fault mode during a --retry burst through real gunicorn."""
 import pytest
 
-import chaos
+from verify import chaos
 
 
 def short_run(mode, *arguments):

@@ -11,7 +11,8 @@ import requests
 
 import db
 import reset_db
-from deploy import cluster, cluster_chaos, nginx
+from deploy import cluster, nginx
+from verify import QUERIES, cluster_chaos
 from support import scrape
 
 pytestmark = [
@@ -93,10 +94,10 @@ def test_a_cancelled_wait_for_the_standby_still_commits_and_the_key_resolves_it(
         thread.start()
         with db.connect(url) as watcher:
             cluster.wait_for("the COMMIT waiting for the standby",
-                             lambda: watcher.execute(db.query("commit_waits", db.TEST_QUERIES),
+                             lambda: watcher.execute(db.query("commit_waits", QUERIES),
                                                      {"application_name": "pitfall"}).fetchall(), 5, 0.05)
             threading.Event().wait(0.3)  # three statement_timeouts: the wait goes on
-            assert watcher.execute(db.query("commit_waits", db.TEST_QUERIES), {"application_name": "pitfall"}).fetchall()
+            assert watcher.execute(db.query("commit_waits", QUERIES), {"application_name": "pitfall"}).fetchall()
             buyer.cancel_safe()
             thread.join(10)
             assert not thread.is_alive()
@@ -104,7 +105,7 @@ def test_a_cancelled_wait_for_the_standby_still_commits_and_the_key_resolves_it(
             assert any("canceling wait for synchronous replication" in notice for notice in notices)
             # Committed and visible on the primary, though the standby never confirmed it.
             keys = [row["idempotency_key"] for row in
-                    watcher.execute(db.query("list_purchases", db.TEST_QUERIES), {"item_id": 1}).fetchall()]
+                    watcher.execute(db.query("list_purchases", QUERIES), {"item_id": 1}).fetchall()]
             assert keys == ["pitfall-1"]
     finally:
         cluster.signal_all(standby_processes, signal.SIGCONT)

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 import db
-import proof_of_correctness as proof
-import settings as configuration
+from verify import proof
+from flashsale import settings as configuration
 from conftest import ROOT
 from support import run
 
@@ -52,17 +52,18 @@ def test_reset_db_prints_what_it_did(conn):
 
 
 def test_dotenv_is_read_without_overriding_the_environment(tmp_path):
-    shutil.copy(ROOT / "settings.py", tmp_path)
-    (tmp_path / ".env").write_text("DB_POOL_TIMEOUT=9\nTOTAL_REQUESTS=77\nDATABASE_URL=postgresql:///x\n")
-    code = "import settings; s = settings.load(); print(s.pool_timeout, s.total_requests)"
+    (tmp_path / "flashsale").mkdir()
+    shutil.copy(ROOT / "flashsale" / "settings.py", tmp_path / "flashsale")
+    (tmp_path / ".env").write_text("DB_POOL_TIMEOUT=9\nWEB_CONCURRENCY=77\nDATABASE_URL=postgresql:///x\n")
+    code = "from flashsale import settings; s = settings.load(); print(s.pool_timeout, s.web_concurrency)"
     environment = {key: value for key, value in os.environ.items()
-                   if key not in ("FLASK_SKIP_DOTENV", "TOTAL_REQUESTS")}
+                   if key not in ("FLASK_SKIP_DOTENV", "WEB_CONCURRENCY")}
     read = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={**environment, "DB_POOL_TIMEOUT": "2"}, timeout=60)
     assert read.stdout.split() == ["2.0", "77"], read.stderr
     skipped = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                              env={**environment, "FLASK_SKIP_DOTENV": "1"}, timeout=60)
-    assert skipped.stdout.split() == ["0.25", "1000"], skipped.stderr
+    assert skipped.stdout.split() == ["0.25", "3"], skipped.stderr
 
 
 @pytest.mark.parametrize("api_url", ["http://127.0.0.1:8000", "http://127.0.0.1:8000/",
@@ -81,14 +82,14 @@ def test_the_proof_accepts_the_endpoint_url_and_refuses_a_bad_one():
 
 
 def test_settings_check_prints_one_line_and_exits_2():
-    result = run([sys.executable, "settings.py"], DB_POOL_SIZE="abc")
+    result = run([sys.executable, "-m", "flashsale.settings"], DB_POOL_SIZE="abc")
     assert result.returncode == 2
     assert result.stderr == "Invalid configuration: DB_POOL_SIZE must be a whole number, got 'abc'\n"
 
 
 def test_serving_a_command_stops_at_once_on_a_bad_setting():
     """`make run`'s runner says what is wrong first, without waiting for a server to come up."""
-    result = run([sys.executable, "local_server.py", "true"], DB_POOL_SIZE="abc")
+    result = run([sys.executable, "-m", "deploy.local_server", "true"], DB_POOL_SIZE="abc")
     assert result.returncode != 0
     assert result.stderr.splitlines()[0] == "Invalid configuration: DB_POOL_SIZE must be a whole number, got 'abc'"
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-import settings as configuration
+from flashsale import settings as configuration
 from support import (assert_http_problem, commits_held, frozen_database, purchases,
                      service_backend_waiting_on_commit, wait_for)
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from routes import purchases as purchase_routes
+from flashsale.routes import purchases as purchase_routes
 import support
 from support import item, purchases
 

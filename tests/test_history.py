@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import db
-import history
+from verify import history
 from history_model import FAULTS, OFFSET, START, Plan, Step, Story, explains, simulate
 from support import purchase_states
 

@@ -1,6 +1,5 @@
 """Holds: a sale with a payment window, confirm and cancel, and expiry exactly once, through
 Flask's test client and real gunicorn on the real database."""
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone

@@ -2,18 +2,26 @@
 of the sale: every answer is the model's, and the item's figures are the model's after each step.
 Through Flask's test client on the real database; time is moved by set_expiry, never waited for."""
 import itertools
+from functools import cache
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import app as service
 import db
 import reset_db
+from flashsale import create_app
+from flashsale import settings as configuration
 from support import item, set_expiry
 
 STOCK, LIMIT, HOLD_SECONDS = 6, 4, 600
 USERS = ["alice", "bob", "carol"]
+
+
+@cache
+def app():
+    """The app of the conftest's `app` fixture, which a state machine cannot take."""
+    return create_app(configuration.load())
 
 
 class Hold:
@@ -29,7 +37,7 @@ class HoldsMachine(RuleBasedStateMachine):
     @initialize()
     def new_sale(self):
         reset_db.reset(stock=STOCK, max_per_user=LIMIT, hold_seconds=HOLD_SECONDS)
-        self.client = service.app.test_client()
+        self.client = app().test_client()
         self.conn = db.connect()
         self.purchases = {}  # purchase id -> Hold
         self.keys = {}  # (user, key) -> purchase id

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from routes import answers
-import proof_of_correctness as proof
+from flashsale.routes import inputs
+from verify import proof
 import reset_db
-import settings as configuration
+from flashsale import settings as configuration
 from conftest import ROOT
 from deploy import nginx
-from local_server import free_address, wait_until_ready
+from deploy.local_server import free_address, wait_until_ready
 from support import (Slowloris, assert_raw_problem, parse_answer, purchases, raw_request, row_lock_held, sample,
                      scrape_when, wait_for_waiting_buyers)
 
@@ -93,11 +93,11 @@ def test_nginx_refuses_what_the_api_refuses_as_problems(start_proxied, reset):
             b"Content-Type: application/json\r\nContent-Length: ")
 
     # A body over the API's limit is refused by nginx before gunicorn sees it.
-    status, answer = raw_request(server.url, head + str(answers.MAX_BODY_BYTES + 1).encode())
+    status, answer = raw_request(server.url, head + str(inputs.MAX_BODY_BYTES + 1).encode())
     _, problem = assert_raw_problem(answer, 413, "payload_too_large")
     assert problem["detail"] == "The body is over 4 KiB."
     # One at the limit passes nginx and is judged by the app (not JSON): both limits agree.
-    body = b"x" * answers.MAX_BODY_BYTES
+    body = b"x" * inputs.MAX_BODY_BYTES
     status, answer = raw_request(server.url, head + str(len(body)).encode(), body)
     _, problem = assert_raw_problem(answer, 400, "invalid_json")
 
@@ -107,7 +107,7 @@ def test_nginx_refuses_what_the_api_refuses_as_problems(start_proxied, reset):
     # Chunked bodies: nginx reads them whole and passes them on with a Content-Length.
     chunked = (b"POST /buy_ticket HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                b"Content-Type: application/json\r\nTransfer-Encoding: chunked")
-    too_big = b"x" * (answers.MAX_BODY_BYTES + 1)
+    too_big = b"x" * (inputs.MAX_BODY_BYTES + 1)
     status, answer = raw_request(server.url, chunked, b"%x\r\n%s\r\n0\r\n\r\n" % (len(too_big), too_big))
     assert_raw_problem(answer, 413, "payload_too_large")
     status, answer = raw_request(server.url, chunked, b"zz\r\nbroken\r\n")
@@ -232,7 +232,7 @@ def test_the_rendered_configuration_is_valid_nginx(nginx_folder):
 
 
 def test_a_bad_rate_limit_is_refused_in_one_line():
-    result = subprocess.run([sys.executable, "deploy/nginx.py", "serve"], cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "deploy.nginx", "serve"], cwd=ROOT, capture_output=True,
                             text=True, timeout=30, env={**os.environ, "NGINX_RATE_LIMIT": "fast"})
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "Invalid configuration: NGINX_RATE_LIMIT must be a whole number, got 'fast'" in result.stderr
@@ -243,7 +243,7 @@ def test_a_bad_rate_limit_is_refused_in_one_line():
 def test_serve_runs_gunicorn_behind_nginx_and_ctrl_c_stops_both(reset):
     reset(stock=10)
     url = f"http://{free_address()}"
-    serving = subprocess.Popen([sys.executable, "deploy/nginx.py", "serve"], cwd=ROOT, start_new_session=True,
+    serving = subprocess.Popen([sys.executable, "-m", "deploy.nginx", "serve"], cwd=ROOT, start_new_session=True,
                                env={**os.environ, "API_URL": url}, stdout=subprocess.PIPE, text=True)
     try:
         assert wait_until_ready(url, 30, serving), "make serve's nginx and gunicorn never answered"

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 import db
-import metrics
+from flashsale import metrics
 from support import answers_counted, burst, run, sample, scrape, scrape_when
 
 GENERATED_ID = 32  # uuid4().hex

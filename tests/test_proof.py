@@ -1,6 +1,6 @@
 """The proof script against real gunicorn, and its verdict on runs that went wrong."""
-import history
-import proof_of_correctness as proof
+from verify import history
+from verify import proof
 from support import TOKEN_SECRET
 
 

@@ -8,9 +8,9 @@ import pytest
 import requests
 
 import db
-import schema
+from flashsale import schema
 from conftest import ROOT
-from local_server import wait_until_ready
+from deploy.local_server import wait_until_ready
 from support import flask_command, item, legacy_buy, make_legacy_database, purchase_states, purchases, run_test_query
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"

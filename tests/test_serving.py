@@ -10,8 +10,8 @@ import requests
 from psycopg import sql
 
 import db
-import local_server
-from local_server import LocalServer
+from deploy import local_server
+from deploy.local_server import LocalServer
 from support import cut_service_connections, item, purchases, row_lock_held, sample, scrape
 
 

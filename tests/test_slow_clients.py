@@ -4,10 +4,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from routes import answers
+from flashsale.routes import inputs
 from support import open_socket, read_until_closed
 
-GUNICORN_TIMEOUT = answers.BODY_TIMEOUT_SECONDS + 3
+GUNICORN_TIMEOUT = inputs.BODY_TIMEOUT_SECONDS + 3
 
 
 def connect(server):

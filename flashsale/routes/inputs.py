@@ -1,100 +1,22 @@
-"""What every route shares: JSON and problem+json answers, and reading and checking what a
-request sends. The request is read from its WSGI environ, not through werkzeug's parsed
-properties: this runs for every buyer, the sold-out crowd included, and the environ costs a
-tenth as much."""
+"""Reading and checking what a request sends. The request is read from its WSGI environ, not
+through werkzeug's parsed properties: this runs for every buyer, the sold-out crowd included,
+and the environ costs a tenth as much."""
 import json
 import re
-from datetime import timezone
-from typing import NamedTuple
 
-from flask import Response, request
+from flask import request
 from gunicorn.http.errors import NoMoreData, ParseException
-from werkzeug.http import HTTP_STATUS_CODES
 
-import observe
 from db import MAX_INT
+from flashsale.errors import Problem, invalid
 
 MAX_BODY_BYTES = 4096
 BODY_TIMEOUT_SECONDS = 5  # well under gunicorn's worker timeout
 MAX_USER_ID_LENGTH = 64  # as purchases.user_id's CHECK
 MAX_KEY_LENGTH = 255  # as purchases.idempotency_key's CHECK
-RETRY_AFTER_SECONDS = 1
 CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # Unicode categories Cc and Cs
 VISIBLE_ASCII = re.compile(f"[!-~]{{1,{MAX_KEY_LENGTH}}}")
 DIGITS = re.compile("[0-9]{1,20}")
-
-
-class Problem(Exception):
-    """An error answer: RFC 9457 problem details plus a stable `code`."""
-
-    def __init__(self, status, code, title, detail, **extra):
-        super().__init__(detail)
-        self.status, self.code, self.title, self.detail, self.extra = status, code, title, detail, extra
-
-
-INTERNAL_ERROR = Problem(500, "internal_error", "Internal error",
-                         "The server failed to answer; nothing is known to be sold.")
-
-
-class Answer(NamedTuple):
-    """An answer ready for WSGI: POST /buy_ticket answers outside Flask (routes/fast_path.py) and
-    inside it (response()), byte for byte the same. `code` is the problem's, for the access log."""
-    status: str  # "409 CONFLICT", as werkzeug writes it
-    headers: tuple
-    body: bytes
-    code: str | None = None
-
-
-def json_answer(body, status=200, headers=(), content_type="application/json", code=None):
-    """The headers in the order werkzeug's Response puts them: the given ones, then the type and
-    the length."""
-    data = json.dumps(body).encode()
-    return Answer(f"{status} {HTTP_STATUS_CODES.get(status, 'unknown').upper()}",
-                  (*headers, ("Content-Type", content_type), ("Content-Length", str(len(data)))), data, code)
-
-
-def problem_answer(problem):
-    body = {
-        "type": f"/problems/{problem.code}",
-        "title": problem.title,
-        "status": problem.status,
-        "detail": problem.detail,
-        "code": problem.code,
-        **problem.extra,
-    }
-    headers = (("Retry-After", str(RETRY_AFTER_SECONDS)),) if problem.status == 503 else ()
-    return json_answer(body, problem.status, headers, "application/problem+json", problem.code)
-
-
-def unauthorized_answer(refusal):
-    title = "Unauthorized" if refusal.code == "unauthorized" else "Invalid token"
-    answer = problem_answer(Problem(401, refusal.code, title, refusal.detail))
-    return answer._replace(headers=(*answer.headers, ("WWW-Authenticate", refusal.challenge)))
-
-
-def response(answer):
-    """The Answer as Flask's Response."""
-    if answer.code is not None:
-        request.environ[observe.CODE_KEY] = answer.code  # for the access log
-    return Response(answer.body, answer.status, answer.headers)
-
-
-def json_response(body, status=200, headers=None, mimetype="application/json"):
-    return Response(json.dumps(body), status, headers, mimetype=mimetype)
-
-
-def problem_response(problem):
-    return response(problem_answer(problem))
-
-
-def overloaded(detail):
-    return Problem(503, "overloaded", "Service overloaded", detail)
-
-
-def invalid(errors, what="fields"):
-    """The 422 naming each bad field or parameter: errors is [{"field": ..., "message": ...}]."""
-    names = ", ".join(error["field"] for error in errors)
-    return Problem(422, "invalid_request", "Invalid request", f"Invalid {what}: {names}.", errors=errors)
 
 
 def reject_duplicate_keys(pairs):
@@ -227,16 +149,3 @@ def parse_page(args, after_max, default_limit, max_limit):
     if errors:
         raise invalid(errors, "parameters")
     return values["after"], values["limit"]
-
-
-def utc_iso(moment):
-    """A datetime as ISO 8601 in UTC, to the microsecond: 2026-12-02T13:00:05.123456Z."""
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def iso_times(row, *fields):
-    """The row with these fields (datetimes or None) as ISO 8601 text."""
-    for field in fields:
-        if row[field] is not None:
-            row[field] = row[field].isoformat()
-    return row

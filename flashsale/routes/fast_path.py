@@ -3,13 +3,13 @@ as the rest of the app (docs/performance.md, Profile).
 
 FastPath wraps Flask's WSGI app, inside observe.Observed, so the request id, the metrics and the
 access line are the same either way. It runs the view's own code (purchases.buy), token check
-first, and answers what Flask's error handlers would: the same bytes. Anything else goes to
+first, and answers errors through errors.answer_for, as Flask's error handler does: the same bytes. Anything else goes to
 Flask: other paths and methods, and bodies that only werkzeug's stream reads (chunked, or longer
 than MAX_BODY_BYTES, answered 413 there)."""
-import auth
-import observe
-from routes import purchases
-from routes.answers import INTERNAL_ERROR, Problem, plain_length, problem_answer, unauthorized_answer
+from flashsale import observe
+from flashsale.errors import answer_for
+from flashsale.routes import purchases
+from flashsale.routes.inputs import plain_length
 
 PATH = "/buy_ticket"
 
@@ -26,13 +26,8 @@ class FastPath:
         environ[observe.ROUTE_KEY] = PATH
         try:
             answer = purchases.buy(environ, self.verifier)
-        except Problem as problem:
-            answer = problem_answer(problem)
-        except auth.Unauthorized as refusal:
-            answer = unauthorized_answer(refusal)
-        except Exception:
-            observe.log_unexpected(environ)
-            answer = problem_answer(INTERNAL_ERROR)
+        except Exception as error:
+            answer = answer_for(error, environ)
         if answer.code is not None:
             environ[observe.CODE_KEY] = answer.code
         start_response(answer.status, list(answer.headers))

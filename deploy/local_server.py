@@ -1,6 +1,6 @@
 """A real gunicorn of this project on a local port, for the tests, the benchmark and the chaos runs.
 
-`python local_server.py COMMAND ...` starts one on a free port, runs COMMAND with API_URL pointing
+`python -m deploy.local_server COMMAND ...` starts one on a free port, runs COMMAND with API_URL pointing
 at it, stops it, and exits with COMMAND's status: `make run` runs the proof this way."""
 import os
 import signal
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # where gunicorn.conf.py is
 READY_WAIT_SECONDS = 30
 STOP_WAIT_SECONDS = 15
 
@@ -102,7 +102,7 @@ class LocalServer:
 
 
 def main(command):
-    import settings as configuration
+    from flashsale import settings as configuration
 
     configuration.load_or_exit()  # a bad setting is said at once, before anything starts
     try:
@@ -115,5 +115,5 @@ def main(command):
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        sys.exit("usage: python local_server.py COMMAND [ARGUMENT ...]")
+        sys.exit("usage: python -m deploy.local_server COMMAND [ARGUMENT ...]")
     sys.exit(main(sys.argv[1:]))

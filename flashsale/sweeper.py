@@ -8,7 +8,7 @@ import threading
 import time
 
 import db
-import metrics
+from flashsale import metrics
 
 
 def sweep_every(seconds):

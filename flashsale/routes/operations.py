@@ -1,11 +1,11 @@
 """Running the service: /healthz, /readyz, /metrics and the status page."""
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
-import auth
 import db
-import metrics
-from routes.answers import Problem, iso_times, json_response
-from routes.items import TIMES
+from flashsale import auth, metrics
+from flashsale.answers import iso_times, json_response
+from flashsale.errors import Problem
+from flashsale.routes.items import TIMES
 
 bp = Blueprint("operations", __name__)
 
@@ -13,7 +13,7 @@ STATUS_PAGE_ITEMS = 1000  # the status page's first rendering; its script reads 
 
 
 def settings():
-    return current_app.extensions["flashsale.settings"]
+    return current_app.config["SETTINGS"]
 
 
 @bp.get("/status")

@@ -1,5 +1,5 @@
 """Chaos runs: a full burst with --retry through real gunicorn while faults are injected, then the
-proof's database check and the history check (history.py: every answer fits one serial order),
+proof's database check and the history check (verify/history.py: every answer fits one serial order),
 and the figures: answers, faults, lost and double sales, time to recover.
 
 Modes: kill-worker (SIGKILL gunicorn workers), restart-db (private PostgreSQL restarted with
@@ -22,12 +22,12 @@ from collections import Counter
 from contextlib import contextmanager
 
 import db
-import proof_of_correctness as proof
 import reset_db
-from local_server import ROOT, LocalServer
+from verify import QUERIES, proof
+from deploy.local_server import ROOT, LocalServer
 
 RETRY_BUDGET_SECONDS = 1.0
-# freeze-db: the retry budget and the freeze of issue 12 (a freeze over three times the budget).
+# freeze-db: the retry budget, and a freeze over three times as long (docs/deadline.md).
 FREEZE_BUDGET_SECONDS = 3.0
 FREEZE_SECONDS = 10.0
 MODES = ["kill-worker", "restart-db", "kill-connections", "lock-hog", "freeze-db", "holds"]
@@ -56,7 +56,7 @@ def restart_db(server, options):
     """Restart the private PostgreSQL twice, each time down for a second: cleanly, then as a crash."""
     for mode in RESTARTS:
         time.sleep(options.pause)
-        subprocess.run([ROOT / "scripts" / "pg.sh", "restart", mode, "1"], check=True, capture_output=True)
+        subprocess.run([ROOT / "deploy" / "pg.sh", "restart", mode, "1"], check=True, capture_output=True)
     return len(RESTARTS)
 
 
@@ -65,7 +65,7 @@ def kill_connections(server, options):
     for _ in range(REPEATS):
         time.sleep(options.pause)
         with db.connect() as conn:
-            conn.execute(db.query("terminate_connections", db.TEST_QUERIES), {"application_name": db.APPLICATION_NAME})
+            conn.execute(db.query("terminate_connections", QUERIES), {"application_name": db.APPLICATION_NAME})
     return REPEATS
 
 
@@ -73,7 +73,7 @@ def lock_hog(server, options):
     """Hold the item's row lock for twice the retry budget, once."""
     time.sleep(options.pause)
     with db.connect() as conn, conn.transaction():
-        conn.execute(db.query("lock_item", db.TEST_QUERIES), {"item_id": proof.ITEM_ID})
+        conn.execute(db.query("lock_item", QUERIES), {"item_id": proof.ITEM_ID})
         time.sleep(2 * options.budget)
     return 1
 
@@ -82,7 +82,7 @@ def lock_hog(server, options):
 def frozen_database():
     """Every process of the private PostgreSQL stopped (SIGSTOP) for the block, then continued,
     whatever happens in it: the server keeps its sockets open and answers nothing."""
-    pg = [ROOT / "scripts" / "pg.sh", "signal"]
+    pg = [ROOT / "deploy" / "pg.sh", "signal"]
     subprocess.run([*pg, "STOP"], check=True, capture_output=True)
     try:
         yield
@@ -165,22 +165,16 @@ def run_mode(mode, options):
         finally:
             faults.join()  # a frozen database is continued before anything else
         report["worker_timeouts"] = server.output().count(WORKER_TIMEOUT_LINE)
+    judgement = proof.judge(options, purchases)
     if held:
-        item, rows, swept_at = proof.settled_database_state(options)
-        failures = proof.hold_verdict(options, purchases, item, rows)
-        states = Counter(row["status"] for row in rows)
+        states = Counter(row["status"] for row in judgement.rows)
         late = sum(p.settle is not None and not p.confirmed for p in purchases)
-        print(f"  holds: {len(rows)} made, {states['confirmed']} confirmed, {states['expired']} expired "
+        print(f"  holds: {len(judgement.rows)} made, {states['confirmed']} confirmed, {states['expired']} expired "
               f"({late} of them paid for too late), {states['held']} still held")
-    else:
-        item, rows = proof.database_state(options.database_url)
-        swept_at, failures = None, proof.verdict(options, purchases, item, rows)
-    history = proof.check_history(options, purchases, item, rows, swept_at)
-    for line in history.lines:
+    for line in judgement.history.lines:
         print(f"  {line}")
-    failures += proof.history_failures(history)
-    report["history"] = "ok" if history.ok else f"{len(history.violations)} violations"
-    return figures(mode, purchases, rows, failures, report), failures
+    report["history"] = "ok" if judgement.history.ok else f"{len(judgement.history.violations)} violations"
+    return figures(mode, purchases, judgement.rows, judgement.failures, report), judgement.failures
 
 
 def parse_options(argv):
@@ -203,8 +197,8 @@ def parse_options(argv):
     unknown = set(options.modes) - set(MODES) - {"all"}
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
-    proof_options = proof.parse_options(["--retry", "--requests", str(options.requests), "--stock",
-                                         str(options.stock), "--processes", str(options.processes)])
+    proof_options = proof.make_options(retry=True, requests=options.requests, stock=options.stock,
+                                       processes=options.processes)
     proof_options.modes = MODES if not options.modes or "all" in options.modes else options.modes
     proof_options.workers, proof_options.pause = options.workers, options.pause
     proof_options.budget_seconds, proof_options.freeze = options.budget, options.freeze
@@ -212,9 +206,9 @@ def parse_options(argv):
 
 
 def private_database(options):
-    """True when DATABASE_URL is the private PostgreSQL of scripts/pg.sh, which restart-db restarts
+    """True when DATABASE_URL is the private PostgreSQL of deploy/pg.sh, which restart-db restarts
     and freeze-db stops."""
-    private = subprocess.run([ROOT / "scripts" / "pg.sh", "private-url"], capture_output=True, text=True)
+    private = subprocess.run([ROOT / "deploy" / "pg.sh", "private-url"], capture_output=True, text=True)
     return private.stdout.strip() == options.database_url
 
 
@@ -223,7 +217,7 @@ def main(argv=None):
     results = []
     for mode in options.modes:
         if mode in PRIVATE_DATABASE_MODES and not private_database(options):
-            print(f"{mode} skipped: DATABASE_URL is not the private PostgreSQL of scripts/pg.sh")
+            print(f"{mode} skipped: DATABASE_URL is not the private PostgreSQL of deploy/pg.sh")
             continue
         print(f"--- {mode}: {options.requests} purchases for {options.stock} units, with --retry")
         result, failures = run_mode(mode, options)

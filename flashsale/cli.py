@@ -15,9 +15,8 @@ import click
 import psycopg
 
 import db
-import schema
-import settings as configuration
 from db import MAX_INT
+from flashsale import schema
 
 MAX_NAME_LENGTH = 200
 LIST_PAGE_SIZE = 100
@@ -126,7 +125,7 @@ def window(item):
 
 
 def state(item):
-    return item["state"].replace("_", " ")  # list_items.sql says 'sold_out'
+    return item["state"].replace("_", " ")  # the view item_figures says 'sold_out'
 
 
 def payment_window(item):
@@ -140,10 +139,9 @@ def run(conn, name, params=None):
 
 
 def find_item(conn, item_id, command):
-    """The item's row of list_items.sql (which holds the one definition of a sale's state), or a
-    CommandError. list_items answers the items after an id: the first after item_id - 1."""
-    rows = run(conn, "list_items", {"after": item_id - 1, "limit": 1})
-    if not rows or rows[0]["id"] != item_id:
+    """The item's row of get_item.sql, or a CommandError."""
+    rows = run(conn, "get_item", {"item_id": item_id})
+    if not rows:
         raise CommandError(f"flask sale {command}: there is no item {item_id}")
     return rows[0]
 
@@ -335,7 +333,7 @@ def sale_restock(item_id, units):
             item = find_item(conn, item_id, "restock")
     except psycopg.errors.NumericValueOutOfRange:
         raise CommandError(f"flask sale restock: item {item_id}'s stock would exceed {MAX_INT}") from None
-    cache = configuration.load().sold_out_cache
+    cache = db.settings().sold_out_cache
     click.echo(f"Item {item_id}: +{units} units, stock {item['stock']}, remaining {item['remaining']}, "
                f"held {item['held']}. Workers that saw it sold out sell again within {cache:g} s "
                f"(SOLD_OUT_CACHE_SECONDS).")

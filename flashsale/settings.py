@@ -2,7 +2,7 @@
 
 Variables set in the environment win over `.env`. `FLASK_SKIP_DOTENV=1` (Flask's own switch)
 leaves `.env` unread: the tests set it, so that a developer's `.env` cannot change what they test.
-Run `python settings.py` to check the configuration: it prints one line and exits 2 if it is bad.
+Run `python -m flashsale.settings` to check the configuration: it prints one line and exits 2 if it is bad.
 """
 import ipaddress
 import math
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
-ENV_FILE = Path(__file__).parent / ".env"
+ENV_FILE = Path(__file__).parent.parent / ".env"  # beside app.py
 BUY_PATH = "/buy_ticket"
 
 
@@ -36,8 +36,6 @@ class Settings:
     retry_budget: float
     sold_out_cache: float
     hold_sweep_seconds: float  # each worker's sweep of expired holds, 0 for none (sweeper.py)
-    total_requests: int
-    concurrent_processes: int
     # nginx in front (deploy/nginx.py): requests/s per client address, 0 for no limit
     nginx_rate_limit: int
     # Buyer identity (docs/auth.md): bearer tokens verified with a secret or a public key, else open mode.
@@ -139,8 +137,6 @@ def from_environ(environ):
         retry_budget=number(environ, "DB_RETRY_BUDGET_SECONDS", 3.0, float, 0.01),
         sold_out_cache=number(environ, "SOLD_OUT_CACHE_SECONDS", 0.5, float, 0.0),
         hold_sweep_seconds=number(environ, "HOLD_SWEEP_SECONDS", 1.0, float, 0.0),
-        total_requests=number(environ, "TOTAL_REQUESTS", 1000, int, 1),
-        concurrent_processes=number(environ, "CONCURRENT_PROCESSES", 50, int, 1),
         # nginx in front (deploy/nginx.py)
         nginx_rate_limit=number(environ, "NGINX_RATE_LIMIT", 0, int, 0),
         **auth_settings(environ),

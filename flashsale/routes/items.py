@@ -3,7 +3,9 @@ from flask import Blueprint, request
 
 import db
 from db import MAX_INT
-from routes.answers import Problem, iso_times, json_response, overloaded, parse_page
+from flashsale.answers import iso_times, json_response
+from flashsale.errors import Problem, overloaded
+from flashsale.routes.inputs import parse_page
 
 bp = Blueprint("items", __name__)
 
@@ -20,6 +22,7 @@ def get_item(item_id):
         raise overloaded("The item could not be read in time. Retry later.") from None
     if item is None:
         raise Problem(404, "item_not_found", "Item not found", f"There is no item {item_id}.")
+    del item["state"]  # an item's page has always left its state to GET /items
     return json_response(iso_times(item, *TIMES))
 
 

@@ -5,12 +5,12 @@ from functools import lru_cache
 from flask import Blueprint, current_app, request
 
 import db
-from db import MAX_BIGINT, MAX_INT
-from routes.answers import (Problem, check_buyer, check_item_id, check_known_fields, check_user_id,
-                            has_body, idempotency_key, invalid, json_answer, json_response, overloaded,
-                            parse_json_object, parse_page, problem_answer, problem_response, response,
-                            utc_iso, whole_number)
-import metrics
+from db import MAX_BIGINT
+from flashsale import metrics
+from flashsale.answers import json_answer, json_response, response, utc_iso
+from flashsale.errors import Problem, invalid, overloaded, problem_answer
+from flashsale.routes.inputs import (check_buyer, check_item_id, check_known_fields, check_user_id, has_body,
+                                     idempotency_key, parse_json_object, parse_page, whole_number)
 
 bp = Blueprint("purchases", __name__)
 
@@ -45,7 +45,7 @@ SETTLE_REFUSALS = {
 
 def verifier():
     """The app's token Verifier; None in open mode."""
-    return current_app.extensions["flashsale.verifier"]
+    return current_app.config["VERIFIER"]
 
 
 def parse_purchase(environ, buyer=None):
@@ -212,8 +212,7 @@ def settle(action, purchase_id):
     if outcome in SETTLE_REFUSALS:
         status, title, detail = SETTLE_REFUSALS[outcome]
         expires_at = utc_iso(row["expires_at"]) if row.get("expires_at") else None
-        return problem_response(Problem(status, outcome, title,
-                                        detail.format(purchase_id=purchase_id, expires_at=expires_at)))
+        raise Problem(status, outcome, title, detail.format(purchase_id=purchase_id, expires_at=expires_at))
     if row["changed"]:
         metrics.hold_event(outcome)
     return json_response(purchase_json(row, outcome))

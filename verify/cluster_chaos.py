@@ -24,14 +24,10 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import chaos  # noqa: E402
-import proof_of_correctness as proof  # noqa: E402
-import reset_db  # noqa: E402
-import settings as configuration  # noqa: E402
-from deploy import cluster  # noqa: E402
+import reset_db
+from deploy import cluster
+from flashsale import settings as configuration
+from verify import chaos, proof
 
 MODES = ["kill-primary", "switchover", "kill-app-host", "slow-clients", "freeze-primary"]
 ATTEMPTS = 40  # per purchase: enough retries (Retry-After: 1) to outlast a failover
@@ -337,8 +333,8 @@ def run_mode(mode, state, options):
     reset_db.reset(stock=stock, database_url=cluster.node_url(state, leader))
     time.sleep(1)  # past the workers' sold-out memory of an earlier sale (SOLD_OUT_CACHE_SECONDS)
 
-    burst = proof.parse_options(["--retry", "--url", state["url"], "--database-url", state["database_url"],
-                                 "--stock", str(stock), "--processes", str(options.processes)])
+    burst = proof.make_options(retry=True, url=state["url"], database_url=state["database_url"], stock=stock,
+                               processes=options.processes)
     burst.attempts = ATTEMPTS
     purchases, answered, stop = [], [0], threading.Event()
     with proof.BURST_PROCESSES.Pool(burst.processes, proof.start_process, (burst,)) as pool:
@@ -353,14 +349,12 @@ def run_mode(mode, state, options):
     run.done.wait(120)
 
     survivor = wait_healthy(run)
-    item, rows = proof.database_state(cluster.node_url(state, survivor))
     burst.requests = len(purchases)
-    failures = proof.verdict(burst, purchases, item, rows)
     burst.cache_seconds = app_host_settings(state).sold_out_cache
-    history = proof.check_history(burst, purchases, item, rows)
-    for line in history.lines:
+    judgement = proof.judge(burst, purchases, cluster.node_url(state, survivor))
+    item, rows, failures = judgement.item, judgement.rows, judgement.failures
+    for line in judgement.history.lines:
         print(f"  [{mode}] {line}", flush=True)
-    failures += proof.history_failures(history)
     if not standby_agrees(state, other_node(survivor), rows):
         failures.append("the standby does not hold the primary's purchases")
     if run.error:

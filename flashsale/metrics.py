@@ -134,8 +134,8 @@ def request(route, status, seconds):
         return
     children = _on.request_children.get((route, status))
     if children is None:
-        # observe() writes the histogram's sum and one bucket to the file at once, which cost 4%
-        # of sold-out answers/s (docs/performance.md): here they are added up as counters are,
+        # observe() writes the histogram's sum and one bucket to the file at once, which cost
+        # a share of sold-out answers/s (docs/performance.md): here they are added up as counters are,
         # the values taken from the child (prometheus_client 0.26: _sum, and _buckets, one per
         # bound of DURATION_BUCKETS and a last for +Inf; tests/test_observe.py reads them back).
         duration = _on.duration.labels(route)
@@ -176,6 +176,17 @@ def units_held(by_item):
     if _on is not None:
         for item_id, units in by_item.items():
             _on.units_held.labels(str(item_id)).set(units)
+
+
+def db_event(event, detail=None):
+    """What db.py reports (db.configure's `reporter`): "unavailable" with its reason, "retry" with
+    the exception, "sold_out_cache_hit"."""
+    if event == "unavailable":
+        unavailable(detail)
+    elif event == "retry":
+        db_retry(detail)
+    elif event == "sold_out_cache_hit":
+        sold_out_cache_hit()
 
 
 def sold_out_cache_hit():

@@ -93,7 +93,7 @@ case "${1:-}" in
         echo "PostgreSQL restarted (${2:-fast}) on port $port" ;;
     test-url) if [ -n "${DATABASE_URL:-}" ]; then echo "$DATABASE_URL"; else start; url; fi ;;
     signal)
-        case "${2:-}" in STOP|CONT) ;; *) die "usage: scripts/pg.sh signal STOP|CONT" ;; esac
+        case "${2:-}" in STOP|CONT) ;; *) die "usage: deploy/pg.sh signal STOP|CONT" ;; esac
         running || die "PostgreSQL is not running"
         postmaster=$(sed -n 1p "$DATA/postmaster.pid")
         kill -"$2" "$postmaster"
@@ -112,5 +112,5 @@ case "${1:-}" in
     data-dir) echo "$DATA" ;;
     stop) if running; then as_postgres "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null; fi; echo "PostgreSQL stopped" ;;
     status) if running; then echo "running on port $(port)"; else echo "stopped"; fi ;;
-    *) die "usage: scripts/pg.sh start | stop | status | url | test-url | private-url | restart fast|immediate [seconds down] | signal STOP|CONT" ;;
+    *) die "usage: deploy/pg.sh start | stop | status | url | test-url | private-url | restart fast|immediate [seconds down] | signal STOP|CONT" ;;
 esac
