@@ -4,8 +4,9 @@
 2. HTTP ceilings: the same gunicorn configuration answering a constant 409, no database, through
    Flask and from a bare WSGI function.
 3. The service: purchases/s, sold-out answers/s, and a burst of 10x demand.
-4. Features on the request path: the same build with each feature on against off.
-5. Scaling: 1 hot item against 16 items, and WEB_CONCURRENCY 1, 2, 3, 4, 8.
+4. Features on the request path: the same build with each feature on against off; the payment
+   window only, unless --full.
+5. With --full, scaling: 1 hot item against 16 items, and WEB_CONCURRENCY 1, 2, 3, 4, 8.
 """
 import argparse
 import json
@@ -150,6 +151,7 @@ FEATURES = {
     # docs/holds.md: purchases held for payment against purchases sold at once.
     "payment window": (gunicorn, held_item),
 }
+HEADLINE_FEATURES = ("payment window",)  # the feature rows measured without --full
 FEATURE_TARGET = 0.95  # on/off, each column: a feature costs under 5%
 FEATURE_TARGETS = {"payment window": 0.90}  # a hold costs under a tenth
 
@@ -275,14 +277,20 @@ def load(server, seconds, what):
                first_item=getattr(server, "item_id", 1))
 
 
+def features(options):
+    """The feature rows to measure: every one with --full or --smoke, else HEADLINE_FEATURES."""
+    return {name: servers for name, servers in FEATURES.items()
+            if options.full or options.smoke or name in HEADLINE_FEATURES}
+
+
 def planned(options):
     """How many measurements measure() makes, and about how many seconds they take."""
     ceiling_runs = 2 * (2 * options.rounds + 1) + options.rounds + 1  # and the bare-WSGI ceiling
-    feature_runs = len(FEATURES) * 2 * (2 * options.feature_rounds + 1)
+    feature_runs = len(features(options)) * 2 * (2 * options.feature_rounds + 1)
     scaling_runs = 6 if options.scaling else 0
     seconds = ((ceiling_runs + scaling_runs) * (options.seconds + SETUP_SECONDS)
                + feature_runs * (options.feature_seconds + LOAD_GAP_SECONDS)
-               + len(FEATURES) * FEATURE_SETUP_SECONDS + BURST_SECONDS + SETUP_SECONDS)
+               + len(features(options)) * FEATURE_SETUP_SECONDS + BURST_SECONDS + SETUP_SECONDS)
     return ceiling_runs + feature_runs + 1 + scaling_runs, seconds
 
 
@@ -303,7 +311,7 @@ def measure(database_url, options):
     results["bare_http_ceiling"], results["sold_out_against_bare"] = http["bare"]
     results["features"] = {name: feature_cost(database_url, options.feature_seconds, workers,
                                               options.feature_rounds, off, on, name)
-                           for name, (off, on) in FEATURES.items()}
+                           for name, (off, on) in features(options).items()}
     # wrk runs for its whole -d even when its thread stopped early: the figures come from buy.lua.
     burst = service_run(database_url, BURST_SECONDS, workers, burst_stock, limit=10 * burst_stock,
                         what=f"burst: {burst_stock} units, {10 * burst_stock} requests")
@@ -356,12 +364,12 @@ def print_table(results, smoke):
           f"max {burst['purchase_max_ms']:.1f} ms; all answers p50 {burst['p50_ms']:.1f} ms, "
           f"p99 {burst['p99_ms']:.1f} ms; exact sell-out: {burst['exact_sell_out']}, no 5xx: {burst['no_5xx']}")
     for name, cost in results["features"].items():
-        print(f"feature {name}: on/off purchases {cost['purchases']['on']:.0f}/{cost['purchases']['off']:.0f} "
-              f"= {cost['purchases']['ratio']:.2f}, sold-out {cost['sold_out']['on']:.0f}/"
-              f"{cost['sold_out']['off']:.0f} = {cost['sold_out']['ratio']:.2f} (target >= "
-              f"{FEATURE_TARGETS.get(name, FEATURE_TARGET):.2f}; median of "
-              f"{len(cost['sold_out']['ratios'])} rounds, from {min(cost['sold_out']['ratios']):.2f} to "
-              f"{max(cost['sold_out']['ratios']):.2f})")
+        print(f"feature {name}: on/off " + ", ".join(
+            f"{label} {cost[kind]['on']:.0f}/{cost[kind]['off']:.0f} = {cost[kind]['ratio']:.2f} "
+            f"({min(cost[kind]['ratios']):.2f}-{max(cost[kind]['ratios']):.2f})"
+            for label, kind in [("purchases", "purchases"), ("sold-out", "sold_out")])
+              + f" (target >= {FEATURE_TARGETS.get(name, FEATURE_TARGET):.2f}; median of "
+              f"{len(cost['sold_out']['ratios'])} rounds, the lowest and highest in brackets)")
     ratios = results["ratios"]
     print(f"ratios: purchases/database ceiling {ratios['purchases_vs_database']:.2f} (target >= 0.60), "
           f"sold-out/HTTP ceiling {ratios['sold_out_vs_http']:.2f} (target >= 0.90), "
@@ -381,14 +389,17 @@ def main():
                         help="length of each run of a feature row (default 3)")
     parser.add_argument("--feature-rounds", type=int, default=15,
                         help="runs with a feature on, each between two with it off (default 15)")
-    parser.add_argument("--no-scaling", dest="scaling", action="store_false", help="skip the scaling runs")
+    parser.add_argument("--full", action="store_true",
+                        help="every feature row and the scaling runs too (make bench-full; about 27 minutes)")
     parser.add_argument("--burst-stock", type=int, default=1000, help="units sold in the burst (default 1000)")
     parser.add_argument("--output", default=str(BENCH / "results" / "latest.json"))
     parser.add_argument("--smoke", action="store_true",
-                        help="a second of each measurement, one round, no scaling: checks that the benchmark runs")
+                        help="a second of each measurement, one round, every feature row, no scaling: "
+                             "checks that the benchmark runs")
     options = parser.parse_args()
+    options.scaling = options.full and not options.smoke
     if options.smoke:
-        options.seconds, options.rounds, options.scaling, options.burst_stock = 1, 1, False, 100
+        options.seconds, options.rounds, options.burst_stock = 1, 1, 100
         options.feature_seconds, options.feature_rounds = 1, 1
         options.output = str(BENCH / "results" / "smoke.json")
     database_url = settings.database_url

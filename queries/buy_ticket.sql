@@ -1,125 +1,83 @@
--- Decides one purchase and, if it is a sale, records it and takes the units off the stock, in
--- one statement: the item's row lock is held from here to COMMIT, one round trip later. On an
--- item with a payment window (hold_seconds) the sale is a hold, 'held' until expires_at.
+-- Decides one purchase of an item sold at once (no payment window) and, if it is a sale, records
+-- it and takes the units off the stock, in one statement: the item's row lock is held from here to
+-- COMMIT, one round trip later. On an item with a payment window it answers 'payment_window' and
+-- changes nothing: db.py then runs buy_held_ticket.sql in the same transaction, under this lock.
+-- This one is kept lean because the item's lock binds a hot item: behind it, PostgreSQL's
+-- EvalPlanQual sets up every subplan of the statement again, twice (docs/performance.md).
 -- `item` locks the item's row (FOR UPDATE): purchases of an item queue there, and the row it
 -- returns is the latest, whatever committed while this one waited. The purchases are read in the
 -- snapshot the statement started with, which misses any purchase committed while it waited.
 -- A constraint then makes the INSERT fail instead of selling on that stale view, and db.py runs
 -- the statement again in a fresh snapshot: UNIQUE (user_id, idempotency_key) for a missed
 -- replay, and UNIQUE (item_id, user_id, bought_before) for the per-user limit, since the first
--- missed purchase of this user and item has exactly the `bought_before` computed here (the units
--- the user took of the item before, released or not).
--- A hold's state can change while this waits (confirmed, cancelled, expired), so the user's
--- holds are read again under row locks (`holds`), and the item's holds past their expiry are
--- expired here (`released`) and their units returned in the same UPDATE as the sale: a row
--- goes from 'held' to 'expired' once, under its row lock, so its units come back once. Both take
--- their row locks after the item's, as cancel_purchase.sql does: `item` is read first, through
--- `(SELECT id FROM item)`.
--- Answers one row: outcome, one of 'sold', 'replayed', 'idempotency_key_reused',
--- 'item_not_found', 'sale_not_started', 'sale_ended', 'sold_out', 'limit_reached'; for 'sold'
--- and 'replayed' the purchase's id, item_id, quantity and, for a hold, expires_at; `remaining`:
--- the units left right after the purchase for 'sold' and 'replayed', the item's units left now
--- otherwise; `expired` and `released`: the holds this statement expired and their units;
--- `units_return_in`: when nothing is left, the seconds until the first hold open now expires
--- (null if none is open).
+-- missed purchase of this user and item has exactly the `bought_before` computed here. An item
+-- sold at once never has a hold (hold_seconds is set at creation only), so every purchase of it
+-- counts against the limit for good.
+-- Answers one row with the columns of buy_held_ticket.sql: outcome, one of 'sold', 'replayed',
+-- 'idempotency_key_reused', 'item_not_found', 'sale_not_started', 'sale_ended', 'sold_out',
+-- 'limit_reached', 'payment_window'; for 'sold' and 'replayed' the purchase's id, item_id and
+-- quantity; `remaining`: the units left right after the purchase for 'sold' and 'replayed', the
+-- item's units left now otherwise; expires_at (a replayed key's), `expired`, `released` and
+-- `units_return_in`, which holds alone make; `payment_window`: whether the item has one.
 -- Parameters: item_id, user_id, quantity, idempotency_key.
-WITH request AS (
-    SELECT %(item_id)s::integer AS item_id, %(user_id)s::text AS user_id,
-           %(quantity)s::integer AS quantity, %(idempotency_key)s::text AS idempotency_key
-),
-item AS MATERIALIZED (
-    SELECT items.* FROM items, request WHERE items.id = request.item_id
+WITH item AS (
+    SELECT items.* FROM items WHERE items.id = %(item_id)s::integer
     FOR UPDATE OF items
 ),
 earlier AS (
-    SELECT purchases.* FROM purchases, request
-    WHERE purchases.user_id = request.user_id
-      AND purchases.idempotency_key = request.idempotency_key
+    SELECT purchases.* FROM purchases
+    WHERE purchases.user_id = %(user_id)s::text AND purchases.idempotency_key = %(idempotency_key)s::text
 ),
-taken AS (
-    -- Immediate purchases are confirmed for good: the snapshot's view of them is exact.
-    SELECT coalesce(sum(purchases.quantity), 0) AS quantity,
-           coalesce(sum(purchases.quantity) FILTER (WHERE purchases.expires_at IS NULL), 0) AS kept
-    FROM purchases, request
-    WHERE purchases.item_id = request.item_id AND purchases.user_id = request.user_id
-),
-holds AS (
-    SELECT purchases.quantity, purchases.status, purchases.expires_at FROM purchases, request
-    WHERE purchases.item_id = (SELECT id FROM item) AND purchases.user_id = request.user_id
-      AND purchases.expires_at IS NOT NULL
-    FOR UPDATE OF purchases
-),
-released AS (
-    UPDATE purchases SET status = 'expired', settled_at = now()
-    WHERE purchases.item_id = (SELECT id FROM item)
-      AND purchases.status = 'held' AND purchases.expires_at <= now()
-    RETURNING purchases.quantity
-),
-units AS (
-    -- The user's units held or confirmed: a hold this statement expires is not among them,
-    -- whether `holds` saw it before `released` changed it or skipped it after.
-    SELECT taken.quantity AS taken,
-           taken.kept + coalesce((SELECT sum(holds.quantity) FROM holds
-                                  WHERE holds.status = 'confirmed'
-                                     OR (holds.status = 'held' AND now() < holds.expires_at)), 0) AS active,
-           (SELECT count(*) FROM released) AS expired,
-           coalesce((SELECT sum(released.quantity) FROM released), 0) AS released
-    FROM taken
+bought AS (
+    SELECT coalesce(sum(purchases.quantity), 0) AS quantity FROM purchases
+    WHERE purchases.item_id = %(item_id)s::integer AND purchases.user_id = %(user_id)s::text
 ),
 verdict AS (
     SELECT CASE
-               WHEN earlier.id IS NOT NULL AND earlier.item_id = request.item_id
-                    AND earlier.quantity = request.quantity THEN 'replayed'
+               WHEN item.hold_seconds IS NOT NULL THEN 'payment_window'
+               WHEN earlier.id IS NOT NULL AND earlier.item_id = %(item_id)s::integer
+                    AND earlier.quantity = %(quantity)s::integer THEN 'replayed'
                WHEN earlier.id IS NOT NULL THEN 'idempotency_key_reused'
                WHEN item.id IS NULL THEN 'item_not_found'
                WHEN now() < item.sale_starts_at THEN 'sale_not_started'
                WHEN now() >= item.sale_ends_at THEN 'sale_ended'
-               WHEN item.remaining + units.released < request.quantity THEN 'sold_out'
-               WHEN units.active + request.quantity > item.max_per_user THEN 'limit_reached'
+               WHEN item.remaining < %(quantity)s::integer THEN 'sold_out'
+               WHEN bought.quantity + %(quantity)s::integer > item.max_per_user THEN 'limit_reached'
                ELSE 'sold'
            END AS outcome,
-           item.remaining + units.released AS available,
-           now() + make_interval(secs => item.hold_seconds) AS expires_at
-    FROM request
-    CROSS JOIN units
+           item.remaining,
+           item.hold_seconds IS NOT NULL AS payment_window
+    FROM bought
     LEFT JOIN earlier ON true
     LEFT JOIN item ON true
 ),
 purchase AS (
-    INSERT INTO purchases (item_id, user_id, quantity, idempotency_key, bought_before, remaining_after,
-                           status, expires_at)
-    SELECT request.item_id, request.user_id, request.quantity, request.idempotency_key,
-           units.taken, verdict.available - request.quantity,
-           CASE WHEN verdict.expires_at IS NULL THEN 'confirmed' ELSE 'held' END, verdict.expires_at
-    FROM request, verdict, units
+    INSERT INTO purchases (item_id, user_id, quantity, idempotency_key, bought_before, remaining_after)
+    SELECT item.id, %(user_id)s::text, %(quantity)s::integer, %(idempotency_key)s::text,
+           bought.quantity, item.remaining - %(quantity)s::integer
+    FROM item, bought, verdict
     WHERE verdict.outcome = 'sold'
-    RETURNING id, item_id, quantity, remaining_after, expires_at
+    RETURNING id, item_id, quantity, remaining_after
 ),
-stock AS (
+sale AS (
     -- The new values come from the locked row, not from `items`: the UPDATE first builds its row
     -- from the version in the statement's snapshot and checks the constraints on that, before it
     -- moves to the latest version. After a restock (`flask sale restock`) committed while this
     -- statement waited for the lock, that older version may hold remaining 0 and less stock.
-    -- It runs when units were released even if nothing is sold.
-    UPDATE items SET remaining = verdict.available - coalesce(purchase.quantity, 0), stock = item.stock
-    FROM item CROSS JOIN verdict LEFT JOIN purchase ON true
-    WHERE items.id = item.id AND (purchase.id IS NOT NULL OR verdict.available > item.remaining)
+    UPDATE items SET remaining = purchase.remaining_after, stock = item.stock
+    FROM purchase, item
+    WHERE items.id = purchase.item_id
 )
 SELECT verdict.outcome,
        coalesce(purchase.id, earlier.id) AS purchase_id,
        coalesce(purchase.item_id, earlier.item_id) AS item_id,
        coalesce(purchase.quantity, earlier.quantity) AS quantity,
-       coalesce(purchase.remaining_after, earlier.remaining_after, verdict.available) AS remaining,
-       coalesce(purchase.expires_at, earlier.expires_at) AS expires_at,
-       units.expired,
-       units.released,
-       CASE WHEN verdict.available - coalesce(purchase.quantity, 0) = 0 THEN
-           extract(epoch FROM least(purchase.expires_at,
-                                    (SELECT min(purchases.expires_at) FROM purchases, item
-                                     WHERE purchases.item_id = item.id AND purchases.status = 'held'
-                                       AND purchases.expires_at > now())) - now())
-       END AS units_return_in
+       coalesce(purchase.remaining_after, earlier.remaining_after, verdict.remaining) AS remaining,
+       earlier.expires_at,
+       0 AS expired,
+       0 AS released,
+       NULL::numeric AS units_return_in,
+       verdict.payment_window
 FROM verdict
-CROSS JOIN units
 LEFT JOIN purchase ON true
 LEFT JOIN earlier ON true

@@ -340,3 +340,28 @@ def test_a_confirm_while_the_database_is_frozen_is_503_and_its_retry_finds_the_o
     assert answer is not None and answer.status_code == 200 and answer.json()["status"] == "confirmed"
     with db.connect() as fresh:
         assert state(fresh, purchase_id)["status"] == "confirmed"
+
+
+def test_a_stale_choice_of_purchase_statement_costs_a_statement_never_a_wrong_sale(reset, conn):
+    """db.py sends an item's purchases to buy_ticket.sql (sold at once), buy_held_ticket.sql (a
+    payment window, nothing due) or buy_ticket_expiring_holds.sql by what the item's last purchase
+    found. Here item 1 changes kind between sales under the same process, and holds fall due:
+    each purchase is still decided by the locked row and the holds as they are."""
+    reset(stock=10)
+    assert db.buy_ticket(1, "alice", 1)["expires_at"] is None
+    assert 1 not in db._statements
+    reset(stock=10, hold_seconds=HOLD_SECONDS)  # buy_ticket.sql answers 'payment_window' here
+    holds = [db.buy_ticket(1, "bob", 2), db.buy_ticket(1, "carol", 1)]
+    assert db._statements[1] == "buy_held_ticket"
+    assert [state(conn, hold["purchase_id"])["status"] for hold in holds] == ["held", "held"]
+    for hold in holds:
+        set_expiry(conn, hold["purchase_id"], -1)  # buy_held_ticket.sql answers 'holds_due' now
+    sold = db.buy_ticket(1, "dave", 1)
+    assert (sold["outcome"], sold["expired"], sold["released"], sold["remaining"]) == ("sold", 2, 3, 9)
+    assert db._statements[1] == "buy_ticket_expiring_holds"
+    assert db.buy_ticket(1, "erin", 1)["expired"] == 0 and db._statements[1] == "buy_held_ticket"
+    reset(stock=10)  # buy_held_ticket.sql decides a purchase sold at once just as well
+    sold = db.buy_ticket(1, "frank", 3)
+    assert (sold["outcome"], sold["remaining"], sold["expires_at"]) == ("sold", 7, None)
+    assert 1 not in db._statements and state(conn, sold["purchase_id"])["status"] == "confirmed"
+    assert db.buy_ticket(1, "grace", 1)["remaining"] == 6
