@@ -504,7 +504,7 @@ def payments_refunds():
 @payments_group.command("review")
 def payments_review():
     """List the payments set aside: not the amount or currency the purchase owes. Its hold ran on;
-    refund the payment in Stripe, or confirm the purchase with `flask sale confirm`."""
+    settle each in Stripe (usually a refund)."""
     with db.connect() as conn:
         rows = run(conn, "list_payments", {"payment_status": "under_review"})
     print_table(["purchase", "buyer", "item", "paid", "owed", "reference", "since"],
