@@ -504,7 +504,7 @@ def payments_refunds():
 @payments_group.command("review")
 def payments_review():
     """List the payments set aside: not the amount or currency the purchase owes. Its hold ran on;
-    settle each in Stripe (usually a refund)."""
+    refund each in Stripe, then record it with `flask payments refunded ID --payment pi_...`."""
     with db.connect() as conn:
         rows = run(conn, "list_payments", {"payment_status": "under_review"})
     print_table(["purchase", "buyer", "item", "paid", "owed", "reference", "since"],
@@ -518,14 +518,18 @@ def payments_review():
 @payments_group.command("refunded")
 @click.argument("purchase_id", metavar="PURCHASE_ID", type=click.IntRange(1, db.MAX_BIGINT))
 @click.option("--reference", required=True, help="the refund's id in Stripe (re_...)")
-def payments_refunded(purchase_id, reference):
-    """Record a refund made in Stripe for money the purchase is owed back, once."""
+@click.option("--payment", help="the payment refunded (pi_...; default: the oldest owed back, else the "
+                                "oldest under review)")
+def payments_refunded(purchase_id, reference, payment):
+    """Record a refund made in Stripe for money the purchase is owed back, or for a payment set
+    aside for review, once."""
     reference = reference.strip()
     if not 1 <= len(reference) <= MAX_REFERENCE_LENGTH or not reference.isprintable():
         raise CommandError(f"flask payments refunded: --reference must be 1 to {MAX_REFERENCE_LENGTH} "
                            "printable characters")
     with db.connect() as conn:
-        row = run(conn, "record_refund", {"purchase_id": purchase_id, "refund_reference": reference})[0]
+        row = run(conn, "record_refund", {"purchase_id": purchase_id, "refund_reference": reference,
+                                          "payment_reference": payment})[0]
     money = payments.display(row["amount"], row["currency"])
     if row["outcome"] == "refunded":
         click.echo(f"Purchase {purchase_id}: refund {reference} of {money} (payment {row['reference']}) recorded.")

@@ -63,6 +63,10 @@ def test_a_payment_set_aside_is_listed_for_review(sale):
     assert [line.split()[:5] for line in review.stdout.splitlines()[1:-1]] == [
         [str(carol), "carol", "1", "1.00", "EUR"]]
     assert states()[carol] == "held"
+    refunded = flask_command("payments", "refunded", carol, "--reference", "re_short", "--payment", "pi_1")
+    assert refunded.returncode == 0 and "refund re_short of 1.00 EUR (payment pi_1) recorded" in refunded.stdout
+    assert flask_command("payments", "review").stdout.endswith("0 payments under review.\n")
+    assert states()[carol] == "held"  # the hold runs on: the buyer may still pay what it owes
 
 
 @pytest.mark.parametrize("args, message", [
