@@ -13,9 +13,11 @@ UPGRADE_SCHEMA := $(VENV)/bin/flask --app app db upgrade
 .PHONY: run test serve reset chaos bench bench-full bench-smoke profile wrk strace nginx browser db db-stop clean \
 	cluster-packages cluster-up cluster-down cluster-status cluster-chaos cluster-test cluster-diagram
 
-# The proof runs in verified mode: a fresh HS256 secret for gunicorn and for the proof's tokens.
+# The proof runs in verified mode: a fresh HS256 secret for gunicorn and for the proof's tokens,
+# and a fresh Stripe webhook signing secret, with which the proof pays a held sale as Stripe would.
 FRESH_SECRET := export AUTH_JWT_SECRET="$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(32))')" \
-	AUTH_JWT_PUBLIC_KEY= AUTH_JWT_ALGORITHMS=HS256
+	AUTH_JWT_PUBLIC_KEY= AUTH_JWT_ALGORITHMS=HS256 \
+	STRIPE_WEBHOOK_SECRET="whsec_$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(24))')"
 
 # PROOF_ARGS="--hold-seconds 3 --confirm-ratio 0.6" proves a sale that takes payment.
 run: $(VENV)/installed

@@ -354,14 +354,20 @@ def buy_ticket(item_id, user_id, quantity, idempotency_key=None):
     return row
 
 
-def confirm_purchase(user_id, purchase_id):
-    """Confirm the user's hold: the row of confirm_purchase.sql."""
-    return _run("confirm_purchase", {"user_id": user_id, "purchase_id": purchase_id})[0]
-
-
 def cancel_purchase(user_id, purchase_id):
     """Cancel the user's hold and return its units: the row of cancel_purchase.sql."""
     return _run("cancel_purchase", {"user_id": user_id, "purchase_id": purchase_id})[0]
+
+
+def apply_payment_event(params):
+    """Apply one payment event once, under the purchase's row lock: the row of
+    apply_payment_event.sql (payments.Event.params())."""
+    return _run("apply_payment_event", params)[0]
+
+
+def payment_totals():
+    """Rows of payment_totals.sql: money per item, currency and payment state."""
+    return _run("payment_totals", {})
 
 
 def expire_holds(conn):

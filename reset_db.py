@@ -10,14 +10,15 @@ from datetime import datetime
 import psycopg
 
 import db
-from flashsale import schema
+from flashsale import payments, schema
 from flashsale import settings as configuration
 
 
 def reset(stock=100, items=1, max_per_user=None, sale_starts_at=None, sale_ends_at=None,
-          database_url=None, hold_seconds=None):
+          database_url=None, hold_seconds=None, price=None, currency=None):
     """Drop the tables, migrate, and seed items 1..items with `stock` units each, with a payment
-    window of `hold_seconds` (None: they sell at once). Asks nothing."""
+    window of `hold_seconds` (None: they sell at once) and a `price` in minor units of `currency`
+    (None: no price). Asks nothing."""
     with db.connect(database_url) as conn, schema.migration_lock(conn):
         with conn.transaction():
             conn.execute(db.query("drop_schema"))
@@ -30,6 +31,8 @@ def reset(stock=100, items=1, max_per_user=None, sale_starts_at=None, sale_ends_
                 "sale_starts_at": sale_starts_at,
                 "sale_ends_at": sale_ends_at,
                 "hold_seconds": hold_seconds,
+                "price": price,
+                "currency": currency,
             })
 
 
@@ -51,6 +54,8 @@ def main(argv=None):
     parser.add_argument("--sale-ends-at", type=datetime.fromisoformat, help="ISO 8601 time the sale closes")
     parser.add_argument("--hold-seconds", type=int,
                         help="payment window: each purchase holds its units this long (default: none, sold at once)")
+    parser.add_argument("--price", help="price of each item, e.g. 49.90 (with --currency; default: none)")
+    parser.add_argument("--currency", help="ISO 4217 currency of --price, e.g. EUR")
     parser.add_argument("--yes", action="store_true",
                         help="delete the purchases the database holds without asking")
     args = parser.parse_args(argv)
@@ -58,6 +63,15 @@ def main(argv=None):
         parser.error("--stock must be >= 0, --items >= 1 and --max-per-user >= 1")
     if args.hold_seconds is not None and args.hold_seconds < 1:
         parser.error("--hold-seconds must be >= 1")
+    price = None
+    if (args.price is None) != (args.currency is None):
+        parser.error("--price and --currency go together")
+    if args.price is not None:
+        try:
+            args.currency = payments.currency_code(args.currency)
+            price = payments.minor_units(args.price, args.currency)
+        except ValueError as exc:
+            parser.error(f"--price/--currency: {exc}")
     database_url = configuration.load_or_exit().database_url
     try:
         items, purchases = contents(database_url)
@@ -66,7 +80,7 @@ def main(argv=None):
             if not args.yes:
                 sys.exit("reset_db: nothing deleted; run again with --yes to delete them.")
         reset(args.stock, args.items, args.max_per_user, args.sale_starts_at, args.sale_ends_at, database_url,
-              args.hold_seconds)
+              args.hold_seconds, price, args.currency)
     except psycopg.Error as exc:
         sys.exit(f"reset_db: cannot reset the database: {exc}")
     window = ""
@@ -74,6 +88,7 @@ def main(argv=None):
         window = f", on sale from {args.sale_starts_at or 'now'} to {args.sale_ends_at or 'sold out'}"
     print(f"Database reset: {args.items} item(s) with {args.stock} units each, "
           f"at most {args.max_per_user or max(args.stock, 1)} per user{window}"
+          + (f", at {payments.display(price, args.currency)}" if price is not None else "")
           + (f", held {args.hold_seconds} s for payment." if args.hold_seconds else "."))
 
 

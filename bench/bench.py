@@ -9,23 +9,28 @@
 5. With --full, scaling: 1 hot item against 16 items, and WEB_CONCURRENCY 1, 2, 3, 4, 8.
 """
 import argparse
+import collections
+import itertools
 import json
 import random
 import secrets
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from functools import cache
 from pathlib import Path
 
 import jwt
+import requests
 
 import db
 import reset_db
 from deploy.local_server import LocalServer
 from deploy.nginx import GunicornBehindNginx
 from flashsale import settings as configuration
+from verify import stripe_events
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,6 +136,47 @@ def held_item(workers):
     return server
 
 
+# Stripe webhooks (docs/payments.md): the same gunicorn, loaded on item 1 while a thread of the
+# benchmark delivers signed payment events for its purchases, WEBHOOK_EVENTS_PER_SECOND of them,
+# each applied by apply_payment_event.sql under the purchase's row lock (a payment for a purchase
+# sold at once: owed back, one INSERT and one UPDATE), never the item's.
+WEBHOOK_SECRET = "whsec_bench"
+WEBHOOK_EVENTS_PER_SECOND = 100
+
+
+class PaidWhileLoaded:
+    """A gunicorn taking webhooks, and while it is up, a steady stream of signed events."""
+
+    def __init__(self, workers):
+        self.server = gunicorn(workers, STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.deliver, daemon=True)
+        self.delivered = collections.Counter()
+
+    def __enter__(self):
+        self.server.__enter__()
+        self.url = self.server.url
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join()
+        return self.server.__exit__(*exc)
+
+    def deliver(self):
+        session = requests.Session()
+        for number in itertools.count(1):
+            if self.stopped.wait(1 / WEBHOOK_EVENTS_PER_SECOND):
+                return
+            event = stripe_events.intent_succeeded(number % 1000 + 1, 100, "eur")
+            try:
+                answer = stripe_events.deliver(self.url, event, WEBHOOK_SECRET, session, timeout=10)
+                self.delivered[answer.status_code] += 1
+            except requests.RequestException as exc:
+                self.delivered[type(exc).__name__] += 1
+
+
 def behind_nginx(workers, app="app:app", **env):
     """The same gunicorn on a unix socket, with nginx in front on a loopback address of its own.
     nginx keeps wrk's connections open, which gunicorn's sync worker cannot."""
@@ -150,6 +196,7 @@ FEATURES = {
     "metrics+access log": (configured(METRICS="0", ACCESS_LOG="0"), configured(METRICS="1", ACCESS_LOG="1")),
     # docs/holds.md: purchases held for payment against purchases sold at once.
     "payment window": (gunicorn, held_item),
+    "stripe webhooks": (gunicorn, PaidWhileLoaded),
 }
 HEADLINE_FEATURES = ("payment window",)  # the feature rows measured without --full
 FEATURE_TARGET = 0.95  # on/off, each column: a feature costs under 5%
@@ -245,7 +292,7 @@ def sale_with_a_held_item(database_url, stock):
     with db.connect(database_url) as conn:
         conn.execute(db.query("create_item"), {"name": "Held", "stock": stock, "max_per_user": AMPLE_STOCK,
                                                "sale_starts_at": None, "sale_ends_at": None,
-                                               "hold_seconds": HOLD_SECONDS})
+                                               "hold_seconds": HOLD_SECONDS, "price": None, "currency": None})
 
 
 def feature_cost(database_url, seconds, workers, rounds, off, on, name):

@@ -68,7 +68,7 @@ def main():
         with conn.transaction():
             conn.execute(db.query("create_item"), {"name": "Held", "stock": STOCK, "max_per_user": STOCK,
                                                    "sale_starts_at": None, "sale_ends_at": None,
-                                                   "hold_seconds": 3600})
+                                                   "hold_seconds": 3600, "price": None, "currency": None})
         microseconds_per_purchase(conn, 1), microseconds_per_purchase(conn, HELD_ITEM)  # warm
         at_once, held = [], []
         for _ in range(ROUNDS):

@@ -22,7 +22,7 @@ def create_app(settings=None, fast_path=True):
     from flashsale import settings as configuration
     from flashsale.answers import response
     from flashsale.errors import answer_for
-    from flashsale.routes import items, operations, purchases
+    from flashsale.routes import items, operations, purchases, webhooks
     from flashsale.routes.fast_path import FastPath
     from flashsale.routes.inputs import MAX_BODY_BYTES, valid_user_id
 
@@ -36,7 +36,7 @@ def create_app(settings=None, fast_path=True):
     if fast_path:
         app.wsgi_app = FastPath(app.wsgi_app, app.config["VERIFIER"])
     observe.install(app, settings, db.pop_pool_stats)  # around the fast path: it observes every answer
-    for blueprint in (purchases.bp, items.bp, operations.bp):
+    for blueprint in (purchases.bp, items.bp, operations.bp, webhooks.bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(Exception)

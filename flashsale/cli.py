@@ -16,14 +16,16 @@ import psycopg
 
 import db
 from db import MAX_INT
-from flashsale import schema
+from flashsale import payments, schema
 
 MAX_NAME_LENGTH = 200
 LIST_PAGE_SIZE = 100
 EXPORT_BATCH_ROWS = 5000  # rows fetched from the server-side cursor at a time
 EXPORT_PROGRESS_ROWS = 100_000
 NAME_COLUMN_WIDTH = 30
-EXPORT_COLUMNS = ["purchase_id", "user_id", "quantity", "created_at", "status"]
+EXPORT_COLUMNS = ["purchase_id", "user_id", "quantity", "created_at", "status", "amount", "currency", "payment",
+                  "reference"]
+MAX_REFERENCE_LENGTH = 200  # with "manual:<purchase id>:", within payment_events.id's 255
 MAX_HOLD_SECONDS = 86400  # a payment window of up to a day
 
 
@@ -132,6 +134,16 @@ def payment_window(item):
     return f"{item['hold_seconds']} s" if item["hold_seconds"] else "none"
 
 
+def price(item):
+    return payments.display(item["price"], item["currency"]) if item["price"] is not None else "none"
+
+
+def revenue(item):
+    """Money of the payments that confirmed holds, and the refunds owed, flagged."""
+    text = payments.display(item["revenue"], item["currency"]) if item["currency"] else "-"
+    return text + (f" ({item['refunds_owed']} refunds owed)" if item["refunds_owed"] else "")
+
+
 def run(conn, name, params=None):
     """The rows of queries/<name>.sql, in a transaction of their own."""
     with conn.transaction():
@@ -155,6 +167,7 @@ def stats(conn, item_ids):
 def init_app(app):
     app.cli.add_command(db_group)
     app.cli.add_command(sale_group)
+    app.cli.add_command(payments_group)
 
 
 # --- flask db ---------------------------------------------------------------------------------
@@ -213,7 +226,9 @@ def sale_group():
 @click.option("--hold-seconds", type=click.IntRange(1, MAX_HOLD_SECONDS),
               help="payment window: a purchase holds its units this long until confirmed, then they "
                    "go back on sale (default: none, a purchase is final at once)")
-def sale_create(name, stock, max_per_user, starts_at, ends_at, hold_seconds):
+@click.option("--price", help="price of one unit, e.g. 49.90 (with --currency; default: none)")
+@click.option("--currency", help="ISO 4217 code of the price's currency, e.g. EUR")
+def sale_create(name, stock, max_per_user, starts_at, ends_at, hold_seconds, price, currency):
     """Put a new item on sale and print its id."""
     name = name.strip()
     if not 1 <= len(name) <= MAX_NAME_LENGTH:
@@ -222,12 +237,28 @@ def sale_create(name, stock, max_per_user, starts_at, ends_at, hold_seconds):
         raise CommandError("flask sale create: --ends-at must come after --starts-at")
     if ends_at and ends_at <= datetime.now(timezone.utc):
         raise CommandError("flask sale create: --ends-at is in the past")
+    minor_units, currency = price_option(price, currency)
     with db.connect() as conn:
         row = run(conn, "create_item", {
             "name": name, "stock": stock, "max_per_user": max_per_user or stock,
             "sale_starts_at": starts_at, "sale_ends_at": ends_at, "hold_seconds": hold_seconds,
+            "price": minor_units, "currency": currency,
         })[0]
     click.echo(row["id"])
+
+
+def price_option(price, currency):
+    """--price and --currency as (minor units, ISO 4217 code); (None, None) without them. The
+    currency's decimals are CLDR's (payments.digits), not a table of ours."""
+    if price is None and currency is None:
+        return None, None
+    if price is None or currency is None:
+        raise CommandError("flask sale create: --price and --currency go together")
+    try:
+        currency = payments.currency_code(currency)
+        return payments.minor_units(price, currency), currency
+    except ValueError as exc:
+        raise CommandError(f"flask sale create: --price/--currency: {exc}") from None
 
 
 def list_rows(conn):
@@ -243,26 +274,31 @@ def list_rows(conn):
         after = page[-1]["id"]
 
 
+def print_table(header, rows, right=()):
+    """Rows of cells in columns as wide as their widest cell; the columns of `right` aligned right."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    for row in [header, *rows]:
+        cells = [cell.rjust(width) if index in right else cell.ljust(width)
+                 for index, (cell, width) in enumerate(zip(row, widths))]
+        click.echo("  ".join(cells).rstrip())
+
+
 def short(name):
     return name if len(name) <= NAME_COLUMN_WIDTH else name[: NAME_COLUMN_WIDTH - 3] + "..."
 
 
 @sale_group.command("list")
 def sale_list():
-    """Print every sale: id, name, stock, sold, held, remaining, buyers, window, payment window
-    and state."""
+    """Print every sale: id, name, stock, sold, held, remaining, buyers, window, payment window,
+    price, revenue (refunds owed flagged) and state."""
     with db.connect() as conn:
         rows = [[str(item["id"]), short(item["name"]), str(item["stock"]), str(item["sold"]),
                  str(item["held"]), str(item["remaining"]), str(buyers), window(item),
-                 payment_window(item), state(item)]
+                 payment_window(item), price(item), revenue(item), state(item)]
                 for item, buyers in list_rows(conn)]
-    header = ["id", "name", "stock", "sold", "held", "remaining", "buyers", "window", "payment", "state"]
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
-    right = {0, 2, 3, 4, 5, 6}  # numbers
-    for row in [header, *rows]:
-        cells = [cell.rjust(width) if index in right else cell.ljust(width)
-                 for index, (cell, width) in enumerate(zip(row, widths))]
-        click.echo("  ".join(cells).rstrip())
+    header = ["id", "name", "stock", "sold", "held", "remaining", "buyers", "window", "payment", "price",
+              "revenue", "state"]
+    print_table(header, rows, right={0, 2, 3, 4, 5, 6})  # numbers to the right
     if not rows:
         click.echo("(no items: create one with `flask --app app sale create`)")
 
@@ -299,6 +335,8 @@ def sale_show(item_id):
         ("max per user", item["max_per_user"]),
         ("window", window(item)),
         ("payment", payment_window(item)),
+        ("price", price(item)),
+        ("revenue", revenue(item)),
         ("first sale", precise_utc(found["first_sale_at"]) if found else "-"),
         ("last sale", precise_utc(found["last_sale_at"]) if found else "-"),
         ("sold out in", f"{seconds:.3f} s" if seconds is not None else "-"),
@@ -346,7 +384,7 @@ def export_rows(conn, item_id):
         cursor.execute(db.query("export_purchases"), {"item_id": item_id})
         for row in cursor:
             yield [row["purchase_id"], row["user_id"], row["quantity"], precise_utc(row["created_at"]),
-                   row["status"]]
+                   row["status"], row["amount"], row["currency"], row["payment"], row["reference"]]
 
 
 def write_csv(conn, item_id, out, progress):
@@ -366,8 +404,9 @@ def write_csv(conn, item_id, out, progress):
               help="the CSV file to write (default: standard output)")
 def sale_export(item_id, output):
     """Write the sale's purchases as CSV for fulfilment: purchase_id, user_id, quantity,
-    created_at (UTC) and status (confirmed, held, cancelled or expired: fulfil the confirmed
-    ones). Streams: a million rows never sit in memory. The file appears only when
+    created_at (UTC), status (confirmed, held, cancelled or expired: fulfil the confirmed
+    ones), amount and currency owed (minor units), and the latest payment's state and
+    reference. Streams: a million rows never sit in memory. The file appears only when
     complete."""
     def progress(line):
         click.echo(line, err=True)
@@ -405,3 +444,98 @@ def sale_expire():
         rows = db.expire_holds(conn)
     holds, units = sum(row["holds"] for row in rows), sum(row["units"] for row in rows)
     click.echo(f"Expired {holds} holds of {len(rows)} items: {units} units back on sale.")
+
+
+@sale_group.command("confirm")
+@click.argument("purchase_id", metavar="PURCHASE_ID", type=click.IntRange(1, db.MAX_BIGINT))
+@click.option("--reference", required=True, help="the payment's reference: a bank transfer's, say")
+def sale_confirm(purchase_id, reference):
+    """Confirm a hold paid outside Stripe (a bank transfer), for the amount it owes.
+
+    Decided as a webhook's payment is (docs/payments.md): a hold still open is confirmed; a
+    purchase already paid, cancelled or expired gets the money recorded as owed back. The same
+    reference again changes nothing. Exit status 1 when the hold was not confirmed."""
+    reference = reference.strip()
+    if not 1 <= len(reference) <= MAX_REFERENCE_LENGTH or not reference.isprintable():
+        raise CommandError(f"flask sale confirm: --reference must be 1 to {MAX_REFERENCE_LENGTH} printable characters")
+    event = payments.Event(f"manual:{purchase_id}:{reference}", "manual.payment", "payment", purchase_id,
+                           None, None, reference)
+    with db.connect() as conn:
+        row = run(conn, "apply_payment_event", event.params())[0]
+    outcome, first = row["outcome"], row["first_outcome"]
+    if outcome == "ignored" or first == "ignored":
+        raise CommandError(f"flask sale confirm: there is no purchase {purchase_id}")
+    if outcome == "duplicate":
+        click.echo(f"Purchase {purchase_id}: the payment {reference!r} was recorded before "
+                   f"({first or 'the same payment'}); nothing changed.")
+        return
+    money = payments.display(row["amount"], row["currency"])
+    if outcome == "confirmed":
+        click.echo(f"Purchase {purchase_id}: confirmed, paid {money} ({reference}).")
+        return
+    why = {"late": "its hold had expired or was cancelled", "refund_due": "it was paid for already",
+           "under_review": "it owes no known amount"}[outcome]
+    click.echo(f"Purchase {purchase_id} not confirmed: {why}. The payment {money} is recorded as "
+               f"{'under review' if outcome == 'under_review' else 'owed back'} "
+               f"(`flask payments {'review' if outcome == 'under_review' else 'refunds'}`).", err=True)
+    sys.exit(1)
+
+
+# --- flask payments ---------------------------------------------------------------------------
+
+@click.group("payments", cls=OneLineGroup)
+def payments_group():
+    """Money owed back and payments set aside (docs/payments.md)."""
+
+
+@payments_group.command("refunds")
+def payments_refunds():
+    """List the money owed back: payments after a hold ended, or for a purchase already paid.
+    Refund each in Stripe, then record it with `flask payments refunded`."""
+    with db.connect() as conn:
+        rows = run(conn, "list_payments", {"payment_status": "refund_due"})
+    print_table(["purchase", "buyer", "item", "amount", "reference", "since"],
+                [[str(row["purchase_id"]), row["user_id"], str(row["item_id"]),
+                  payments.display(row["amount"], row["currency"]), row["reference"], utc(row["received_at"])]
+                 for row in rows], right={0, 2, 3})
+    click.echo(f"{len(rows)} refunds owed.")
+
+
+@payments_group.command("review")
+def payments_review():
+    """List the payments set aside: not the amount or currency the purchase owes. Its hold ran on;
+    refund each in Stripe, then record it with `flask payments refunded ID --payment pi_...`."""
+    with db.connect() as conn:
+        rows = run(conn, "list_payments", {"payment_status": "under_review"})
+    print_table(["purchase", "buyer", "item", "paid", "owed", "reference", "since"],
+                [[str(row["purchase_id"]), row["user_id"], str(row["item_id"]),
+                  payments.display(row["amount"], row["currency"]),
+                  payments.display(row["owed"], row["owed_currency"]), row["reference"], utc(row["received_at"])]
+                 for row in rows], right={0, 2, 3, 4})
+    click.echo(f"{len(rows)} payments under review.")
+
+
+@payments_group.command("refunded")
+@click.argument("purchase_id", metavar="PURCHASE_ID", type=click.IntRange(1, db.MAX_BIGINT))
+@click.option("--reference", required=True, help="the refund's id in Stripe (re_...)")
+@click.option("--payment", help="the payment refunded (pi_...; default: the oldest owed back, else the "
+                                "oldest under review)")
+def payments_refunded(purchase_id, reference, payment):
+    """Record a refund made in Stripe for money the purchase is owed back, or for a payment set
+    aside for review, once."""
+    reference = reference.strip()
+    if not 1 <= len(reference) <= MAX_REFERENCE_LENGTH or not reference.isprintable():
+        raise CommandError(f"flask payments refunded: --reference must be 1 to {MAX_REFERENCE_LENGTH} "
+                           "printable characters")
+    with db.connect() as conn:
+        row = run(conn, "record_refund", {"purchase_id": purchase_id, "refund_reference": reference,
+                                          "payment_reference": payment})[0]
+    money = payments.display(row["amount"], row["currency"])
+    if row["outcome"] == "refunded":
+        click.echo(f"Purchase {purchase_id}: refund {reference} of {money} (payment {row['reference']}) recorded.")
+    elif row["outcome"] == "already_recorded":
+        click.echo(f"Purchase {purchase_id}: refund {reference} was recorded before; nothing changed.")
+    elif row["outcome"] == "reference_used":
+        raise CommandError(f"flask payments refunded: refund {reference} is recorded for another purchase")
+    else:
+        raise CommandError(f"flask payments refunded: purchase {purchase_id} is owed nothing back")

@@ -30,6 +30,9 @@ RETRY_REASONS = {"SerializationFailure": "serialization_failure", "DeadlockDetec
                  "UniqueViolation": "unique_violation", "CommitCutOff": "commit_cut_off",
                  "DeadlinePassed": "deadline_passed", "OperationalError": "connection_lost"}
 HOLD_EVENTS = ("made", "confirmed", "cancelled", "expired")
+# What a Stripe webhook delivery did: the outcomes of apply_payment_event.sql, and `rejected` (400).
+WEBHOOK_OUTCOMES = ("confirmed", "duplicate", "late", "refund_due", "under_review", "cancelled", "ignored",
+                    "rejected")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _on = None  # the instruments once start() ran with metrics on
@@ -59,6 +62,14 @@ class Instruments:
         # Read from the database at each scrape: the same figure whichever worker answers.
         self.units_held = Gauge("flashsale_units_held", "Units held now by holds not yet paid for "
                                 "nor expired", ["item_id"], multiprocess_mode="mostrecent", registry=registry)
+        self.webhook_events = Counter("flashsale_webhook_events", "Stripe webhook deliveries, by event "
+                                      "type (unverified for a rejected one) and outcome", ["type", "outcome"],
+                                      registry=registry)
+        # Read from the database at each scrape, as the units held.
+        self.payments = Gauge("flashsale_payments_amount", "Money in minor units, by item, currency and "
+                              "payment state: paid (confirmed a hold), refund_due (owed back), refunded, "
+                              "under_review", ["item_id", "currency", "status"], multiprocess_mode="mostrecent",
+                              registry=registry)
         self.cache_hits = Counter("flashsale_sold_out_cache_hits", "sold_out answered from the "
                                   "worker's memory, without the database", registry=registry)
         # The pools' figures, added up over the live workers (a dead worker's pool is gone).
@@ -187,6 +198,18 @@ def db_event(event, detail=None):
         db_retry(detail)
     elif event == "sold_out_cache_hit":
         sold_out_cache_hit()
+
+
+def webhook_event(event_type, outcome):
+    if _on is not None:
+        add(_on.webhook_events.labels(event_type, outcome))
+
+
+def payment_totals(rows):
+    """The gauges of money per item, currency and state: rows of payment_totals.sql."""
+    if _on is not None:
+        for row in rows:
+            _on.payments.labels(str(row["item_id"]), row["currency"], row["payment_status"]).set(row["amount"])
 
 
 def sold_out_cache_hit():

@@ -53,6 +53,8 @@ class Settings:
     log_format: str  # "text" or "json"
     # Client-side deadline on every database wait (docs/deadline.md).
     client_deadline: bool
+    # Stripe's webhook signing secrets (docs/payments.md); none: POST /webhooks/stripe is off.
+    stripe_webhook_secrets: tuple = ()
 
 
 def environment():
@@ -150,7 +152,21 @@ def from_environ(environ):
         log_format=one_of(environ, "LOG_FORMAT", "text", ("text", "json")),
         # Client-side deadline on every database wait (docs/deadline.md).
         client_deadline=flag(environ, "DB_CLIENT_DEADLINE", "1"),
+        stripe_webhook_secrets=webhook_secrets(environ),
     )
+
+
+def webhook_secrets(environ):
+    """STRIPE_WEBHOOK_SECRET: Stripe's signing secret (whsec_...), or several separated by commas
+    while the endpoint's secret is rolled (Stripe signs with both for a while)."""
+    raw = environ.get("STRIPE_WEBHOOK_SECRET") or ""
+    secrets = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for secret in secrets:
+        if not (secret.startswith("whsec_") and len(secret) > len("whsec_") and secret.isascii()
+                and secret.isprintable()):
+            raise ConfigError("STRIPE_WEBHOOK_SECRET must be Stripe's signing secret (whsec_...), or several "
+                              "separated by commas")
+    return secrets
 
 
 # Buyer identity: the settings of auth.py, checked here so that a bad one stops start-up.

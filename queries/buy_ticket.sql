@@ -15,8 +15,8 @@
 -- counts against the limit for good.
 -- Answers one row with the columns of buy_held_ticket.sql: outcome, one of 'sold', 'replayed',
 -- 'idempotency_key_reused', 'item_not_found', 'sale_not_started', 'sale_ended', 'sold_out',
--- 'limit_reached', 'payment_window'; for 'sold' and 'replayed' the purchase's id, item_id and
--- quantity; `remaining`: the units left right after the purchase for 'sold' and 'replayed', the
+-- 'limit_reached', 'payment_window'; for 'sold' and 'replayed' the purchase's id, item_id,
+-- quantity, amount and currency (the price times the quantity, fixed now); `remaining`: the units left right after the purchase for 'sold' and 'replayed', the
 -- item's units left now otherwise; expires_at (a replayed key's), `expired`, `released` and
 -- `units_return_in`, which holds alone make; `payment_window`: whether the item has one.
 -- Parameters: item_id, user_id, quantity, idempotency_key.
@@ -52,12 +52,14 @@ verdict AS (
     LEFT JOIN item ON true
 ),
 purchase AS (
-    INSERT INTO purchases (item_id, user_id, quantity, idempotency_key, bought_before, remaining_after)
+    INSERT INTO purchases (item_id, user_id, quantity, idempotency_key, bought_before, remaining_after,
+                           amount, currency)
     SELECT item.id, %(user_id)s::text, %(quantity)s::integer, %(idempotency_key)s::text,
-           bought.quantity, item.remaining - %(quantity)s::integer
+           bought.quantity, item.remaining - %(quantity)s::integer,
+           item.price * %(quantity)s::integer, item.currency
     FROM item, bought, verdict
     WHERE verdict.outcome = 'sold'
-    RETURNING id, item_id, quantity, remaining_after
+    RETURNING id, item_id, quantity, remaining_after, amount, currency
 ),
 sale AS (
     -- The new values come from the locked row, not from `items`: the UPDATE first builds its row
@@ -74,6 +76,8 @@ SELECT verdict.outcome,
        coalesce(purchase.quantity, earlier.quantity) AS quantity,
        coalesce(purchase.remaining_after, earlier.remaining_after, verdict.remaining) AS remaining,
        earlier.expires_at,
+       coalesce(purchase.amount, earlier.amount) AS amount,
+       coalesce(purchase.currency, earlier.currency) AS currency,
        0 AS expired,
        0 AS released,
        NULL::numeric AS units_return_in,

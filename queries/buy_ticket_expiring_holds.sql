@@ -20,9 +20,9 @@
 -- `(SELECT id FROM item)`.
 -- Answers one row: outcome, one of 'sold', 'replayed', 'idempotency_key_reused',
 -- 'item_not_found', 'sale_not_started', 'sale_ended', 'sold_out', 'limit_reached'; for 'sold'
--- and 'replayed' the purchase's id, item_id, quantity and, for a hold, expires_at; `remaining`:
--- the units left right after the purchase for 'sold' and 'replayed', the item's units left now
--- otherwise; `expired` and `released`: the holds this statement expired and their units;
+-- and 'replayed' the purchase's id, item_id, quantity, amount and currency (the price times the
+-- quantity, fixed now) and, for a hold, expires_at; `remaining`: the units left right after the
+-- purchase for 'sold' and 'replayed', the item's units left now otherwise; `expired` and `released`: the holds this statement expired and their units;
 -- `units_return_in`: when nothing is left, the seconds until the first hold open now expires
 -- (null if none is open); `payment_window`: whether the item has one.
 -- Parameters: item_id, user_id, quantity, idempotency_key.
@@ -85,13 +85,14 @@ verdict AS (
 ),
 purchase AS (
     INSERT INTO purchases (item_id, user_id, quantity, idempotency_key, bought_before, remaining_after,
-                           status, expires_at)
+                           status, expires_at, amount, currency)
     SELECT item.id, %(user_id)s::text, %(quantity)s::integer, %(idempotency_key)s::text,
            units.taken, verdict.available - %(quantity)s::integer,
-           CASE WHEN verdict.expires_at IS NULL THEN 'confirmed' ELSE 'held' END, verdict.expires_at
+           CASE WHEN verdict.expires_at IS NULL THEN 'confirmed' ELSE 'held' END, verdict.expires_at,
+           item.price * %(quantity)s::integer, item.currency
     FROM item, units, verdict
     WHERE verdict.outcome = 'sold'
-    RETURNING id, item_id, quantity, remaining_after, expires_at
+    RETURNING id, item_id, quantity, remaining_after, expires_at, amount, currency
 ),
 stock AS (
     -- The new values come from the locked row, not from `items`: the UPDATE first builds its row
@@ -109,6 +110,8 @@ SELECT verdict.outcome,
        coalesce(purchase.quantity, earlier.quantity) AS quantity,
        coalesce(purchase.remaining_after, earlier.remaining_after, verdict.available) AS remaining,
        coalesce(purchase.expires_at, earlier.expires_at) AS expires_at,
+       coalesce(purchase.amount, earlier.amount) AS amount,
+       coalesce(purchase.currency, earlier.currency) AS currency,
        units.expired,
        units.released,
        CASE WHEN verdict.available - coalesce(purchase.quantity, 0) = 0 THEN

@@ -3,4 +3,4 @@
 -- migrations make the schema again. Items first: purchases lock the item row before they write a
 -- purchase, so taking the tables in that order cannot deadlock with them.
 -- Parameters: none.
-DROP TABLE IF EXISTS items, purchases, schema_migrations CASCADE
+DROP TABLE IF EXISTS items, purchases, payment_events, schema_migrations CASCADE

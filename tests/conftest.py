@@ -185,3 +185,7 @@ def pytest_terminal_summary(terminalreporter):
     if tokens is not None and tokens.SENT["tokens"]:
         terminalreporter.write_line(
             f"token fuzz: {tokens.SENT['tokens']} generated tokens, {tokens.SENT['5xx']} answered 5xx")
+    webhooks = sys.modules.get("test_payments_fuzz")
+    if webhooks is not None and webhooks.SENT["deliveries"]:
+        terminalreporter.write_line(f"webhook fuzz: {webhooks.SENT['deliveries']} generated deliveries, "
+                                    f"{webhooks.SENT['5xx']} answered 5xx")

@@ -114,6 +114,7 @@ def test_get_item(client, reset):
     assert response.get_json() == {
         "id": 1, "name": "Ticket 1", "stock": 7, "remaining": 5, "sold": 2, "held": 0, "max_per_user": 3,
         "hold_seconds": None, "sale_starts_at": "2026-01-01T00:00:00+00:00", "sale_ends_at": None,
+        "price": None, "currency": None, "revenue": 0, "refunds_owed": 0,
     }
 
 

@@ -199,7 +199,7 @@ def test_a_buyer_lists_its_own_purchases_newest_first_in_pages(verified_client):
     everything = verified_client.get("/purchases", headers=bearer(token)).get_json()["purchases"]
     assert {p["user_id"] for p in everything} == {"alice"} and len(everything) == 5
     assert set(everything[0]) == {"purchase_id", "item_id", "user_id", "quantity", "status", "expires_at",
-                                  "created_at"}
+                                  "created_at", "amount", "currency", "payment"}
 
 
 def test_a_buyer_reads_its_own_purchase_and_never_another_buyers(verified_client):

@@ -1,5 +1,6 @@
-"""Holds: a sale with a payment window, confirm and cancel, and expiry exactly once, through
-Flask's test client and real gunicorn on the real database."""
+"""Holds: a sale with a payment window, paid for (by the payment provider: tests/test_payments.py
+has the webhook itself) or cancelled, and expiry exactly once, through Flask's test client and real
+gunicorn on the real database."""
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -8,10 +9,14 @@ import pytest
 import requests
 
 import db
+from flashsale.payments import Event
 from support import (assert_http_problem, assert_problem, bearer, buy, flask_command, frozen_database, item,
                      mint, purchase_states, run_test_query, sample, scrape, scrape_when, set_expiry, wait_for)
+from verify import stripe_events as stripe
 
 HOLD_SECONDS = 600  # long enough never to pass by itself: the tests move expiries with set_expiry
+PRICE = 100  # cents of EUR, for the sales paid by webhook
+SECRET = "whsec_tests_holds"
 
 
 @pytest.fixture
@@ -20,8 +25,17 @@ def held_sale(reset):
     reset(stock=10, max_per_user=4, hold_seconds=HOLD_SECONDS)
 
 
-def confirm(client, purchase_id, user_id="alice", **headers):
-    return client.post(f"/purchases/{purchase_id}/confirm", json={"user_id": user_id}, headers=headers)
+def pay(purchase_id, event_id=None):
+    """The payment provider says that the amount owed arrived: the outcome of
+    apply_payment_event.sql, as a webhook's (or `flask sale confirm`'s) payment."""
+    event_id = event_id or f"evt_{purchase_id}_{time.monotonic_ns()}"
+    return db.apply_payment_event(Event(event_id, "payment_intent.succeeded", "payment", purchase_id, None, None,
+                                        f"pi_{event_id}").params())["outcome"]
+
+
+def pay_by_webhook(server, purchase_id, quantity=1, timeout=15):
+    return stripe.deliver(server.url, stripe.intent_succeeded(purchase_id, quantity * PRICE, "eur"), SECRET,
+                          timeout=timeout)
 
 
 def cancel(client, purchase_id, user_id="alice"):
@@ -48,7 +62,7 @@ def test_a_hold_takes_the_units_at_once_until_its_expiry(client, held_sale, conn
     body = response.get_json()
     expires_at = datetime.fromisoformat(body.pop("expires_at"))
     assert body == {"purchase_id": body["purchase_id"], "item_id": 1, "user_id": "alice", "quantity": 3,
-                    "remaining": 7, "status": "held"}
+                    "remaining": 7, "status": "held", "amount": None, "currency": None}  # no price
     assert expires_at.tzinfo == timezone.utc and response.get_json()["expires_at"].endswith("Z")
     assert 0 < (expires_at - before).total_seconds() - HOLD_SECONDS < 5
     assert (item(conn)["remaining"], item(conn)["held"], item(conn)["sold"]) == (7, 3, 0)
@@ -60,18 +74,14 @@ def test_an_item_without_a_payment_window_sells_at_once(client, conn):
     assert "status" not in body and "expires_at" not in body
     assert state(conn, body["purchase_id"])["status"] == "confirmed"
     assert state(conn, body["purchase_id"])["expires_at"] is None
-    confirmed = confirm(client, body["purchase_id"])
-    assert confirmed.status_code == 200 and confirmed.get_json()["status"] == "confirmed"
+    assert pay(body["purchase_id"]) == "refund_due"  # nothing was asked for: money owed back
     assert_problem(cancel(client, body["purchase_id"]), 409, "purchase_confirmed")
 
 
-def test_confirm_is_idempotent_and_final(client, held_sale, conn):
+def test_a_payment_confirms_the_hold_once_and_for_good(client, held_sale, conn):
     purchase_id = buy(client, quantity=2).get_json()["purchase_id"]
-    first = confirm(client, purchase_id, **{"Idempotency-Key": "pay-1"})
-    assert first.status_code == 200
-    assert first.get_json()["status"] == "confirmed" and first.get_json()["purchase_id"] == purchase_id
-    again = confirm(client, purchase_id, **{"Idempotency-Key": "pay-1"})
-    assert again.status_code == 200 and again.get_json() == first.get_json()
+    assert pay(purchase_id, "evt_1") == "confirmed"
+    assert pay(purchase_id, "evt_1") == "duplicate"
     assert_problem(cancel(client, purchase_id), 409, "purchase_confirmed")
     row = state(conn, purchase_id)
     assert row["status"] == "confirmed" and row["settled_at"] < row["expires_at"]
@@ -86,7 +96,7 @@ def test_cancel_returns_the_units_at_once_and_is_idempotent(client, held_sale, c
     assert item(conn)["remaining"] == 10
     assert cancel(client, purchase_id).status_code == 200
     assert item(conn)["remaining"] == 10  # returned once
-    assert_problem(confirm(client, purchase_id), 409, "purchase_cancelled")
+    assert pay(purchase_id) == "late"  # owed back: the units stay on sale
     assert buy(client, user_id="bob", quantity=4).status_code == 201
 
 
@@ -96,9 +106,9 @@ def test_an_expired_hold_cannot_be_paid_for_and_its_units_come_back_once(client,
     # Nothing has expired the row yet, but every reader sees the hold as expired.
     assert state(conn, purchase_id)["status"] == "held"
     assert item(conn)["remaining"] == 10 and item(conn)["held"] == 0
-    problem = assert_problem(confirm(client, purchase_id), 409, "hold_expired")
+    assert pay(purchase_id) == "late"
+    problem = assert_problem(cancel(client, purchase_id), 409, "hold_expired")
     assert "expired at" in problem["detail"]
-    assert_problem(cancel(client, purchase_id), 409, "hold_expired")
     # The next purchase of the item expires it, and sells from the units it got back.
     assert buy(client, user_id="bob", quantity=4).get_json()["remaining"] == 6
     row = state(conn, purchase_id)
@@ -123,7 +133,7 @@ def test_the_limit_counts_held_and_confirmed_units_not_expired_or_cancelled(clie
     first = buy(client, quantity=2).get_json()["purchase_id"]
     second = buy(client, quantity=2).get_json()["purchase_id"]
     assert_problem(buy(client), 409, "limit_reached")  # 4 held
-    assert confirm(client, first).status_code == 200
+    assert pay(first) == "confirmed"
     assert_problem(buy(client), 409, "limit_reached")  # 2 confirmed, 2 held
     assert cancel(client, second).status_code == 200
     third = buy(client, quantity=2).get_json()["purchase_id"]  # 2 confirmed, 2 held
@@ -137,7 +147,7 @@ def test_the_limit_counts_held_and_confirmed_units_not_expired_or_cancelled(clie
 def test_a_replayed_hold_answers_as_the_first_time(client, held_sale, conn):
     headers = {"Idempotency-Key": "order-1"}
     first = buy(client, headers, quantity=2)
-    assert confirm(client, first.get_json()["purchase_id"]).status_code == 200
+    assert pay(first.get_json()["purchase_id"]) == "confirmed"
     replay = buy(client, headers, quantity=2)
     assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
     assert replay.get_json() == first.get_json()
@@ -169,22 +179,24 @@ def test_the_expire_command_sweeps_by_hand(client, held_sale, conn):
 
 # Races through real gunicorn: whoever comes first wins, and the rest agree with the database.
 
-def test_confirm_cancel_sweeps_and_buyers_racing_on_expiring_holds_return_units_once(start_server, reset, conn):
-    """Holds that expire while their owners confirm or cancel them, sweepers on two more sessions
-    sweep, and new buyers buy the units back: each hold ends one way, its answers agree with
-    its row, and its units come back once."""
-    reset(stock=40, max_per_user=40, hold_seconds=HOLD_SECONDS)
-    server = start_server(WEB_CONCURRENCY="4", HOLD_SWEEP_SECONDS="0").wait_ready()
+def test_payments_cancels_sweeps_and_buyers_racing_on_expiring_holds_return_units_once(start_server, reset, conn):
+    """Holds that expire while they are paid for (by webhook) or cancelled by their owners,
+    sweepers on two more sessions sweep, and new buyers buy the units back: each hold ends one way,
+    its answers agree with its row, and its units come back once."""
+    reset(stock=40, max_per_user=40, hold_seconds=HOLD_SECONDS, price=PRICE, currency="EUR")
+    server = start_server(WEB_CONCURRENCY="4", HOLD_SWEEP_SECONDS="0", STRIPE_WEBHOOK_SECRET=SECRET).wait_ready()
     holds = [server.buy(user_id=f"owner-{n}").json()["purchase_id"] for n in range(40)]
     for number, purchase_id in enumerate(holds):
         set_expiry(conn, purchase_id, 0.05 + 0.01 * (number % 10))  # due within a tenth of a second
     answers = {}
 
     def settle(number, purchase_id):
-        action = "confirm" if number % 2 else "cancel"
-        response = requests.post(f"{server.url}/purchases/{purchase_id}/{action}",
-                                 json={"user_id": f"owner-{number}"}, timeout=15)
-        answers[purchase_id] = (action, response.status_code, response.json().get("code"))
+        if number % 2:
+            answers[purchase_id] = ("pay", pay_by_webhook(server, purchase_id).json()["outcome"])
+        else:
+            response = requests.post(f"{server.url}/purchases/{purchase_id}/cancel",
+                                     json={"user_id": f"owner-{number}"}, timeout=15)
+            answers[purchase_id] = ("cancel", response.json().get("code") or "cancelled")
 
     def sweep(rounds=30):
         with db.connect() as sweeper:
@@ -201,32 +213,32 @@ def test_confirm_cancel_sweeps_and_buyers_racing_on_expiring_holds_return_units_
     with db.connect() as sweeper:
         db.expire_holds(sweeper)
     rows = {row["id"]: row for row in purchase_states(conn)}
-    for purchase_id, (action, status, code) in answers.items():
+    for purchase_id, (action, outcome) in answers.items():
         final = rows[purchase_id]["status"]
-        if status == 200:
-            assert final == ("confirmed" if action == "confirm" else "cancelled"), (action, final)
+        if outcome in ("confirmed", "cancelled"):
+            assert final == outcome, (action, final)
         else:
-            assert (status, code, final) == (409, "hold_expired", "expired"), (action, status, code, final)
+            assert (outcome, final) == ({"pay": "late", "cancel": "hold_expired"}[action], "expired"), (action, final)
     sold = sum(response.result().status_code == 201 for response in buyers)
     assert all(response.result().status_code in (201, 409) for response in buyers)
     assert "held" not in {row["status"] for row in rows.values() if row["user_id"].startswith("owner")}
     assert conserved(conn)
-    print(f"{sum(1 for a in answers.values() if a[1] == 200)} settled in time, "
-          f"{sum(1 for a in answers.values() if a[1] == 409)} expired first; {sold} late buyers served")
+    settled = sum(outcome in ("confirmed", "cancelled") for _, outcome in answers.values())
+    print(f"{settled} settled in time, {len(answers) - settled} expired first; {sold} late buyers served")
 
 
 def test_parallel_buys_of_one_buyer_never_exceed_the_limit_with_holds_changing(start_server, reset, conn):
-    reset(stock=100, max_per_user=3, hold_seconds=HOLD_SECONDS)
-    server = start_server(WEB_CONCURRENCY="4").wait_ready()
+    reset(stock=100, max_per_user=3, hold_seconds=HOLD_SECONDS, price=PRICE, currency="EUR")
+    server = start_server(WEB_CONCURRENCY="4", STRIPE_WEBHOOK_SECRET=SECRET).wait_ready()
     first = server.buy(user_id="alice").json()["purchase_id"]
     second = server.buy(user_id="alice").json()["purchase_id"]
     with ThreadPoolExecutor(12) as pool:
         settles = [pool.submit(requests.post, f"{server.url}/purchases/{first}/cancel",
                                json={"user_id": "alice"}, timeout=15),
-                   pool.submit(requests.post, f"{server.url}/purchases/{second}/confirm",
-                               json={"user_id": "alice"}, timeout=15)]
+                   pool.submit(pay_by_webhook, server, second)]
         buys = [pool.submit(server.buy, user_id="alice") for _ in range(10)]
         assert all(future.result().status_code == 200 for future in settles)
+        assert settles[1].result().json()["outcome"] == "confirmed"
         statuses = sorted(future.result().status_code for future in buys)
     assert statuses == [201] * 2 + [409] * 8  # 1 confirmed + 2 held = the limit of 3
     assert item(conn)["sold"] + item(conn)["held"] == 3 and conserved(conn)
@@ -276,68 +288,74 @@ def test_sold_out_is_remembered_only_until_the_first_hold_expires(start_server, 
 # Bad input, other buyers, verified mode, and the database down.
 
 @pytest.mark.parametrize("path, body, status, code", [
-    ("/purchases/999/confirm", {"user_id": "alice"}, 404, "purchase_not_found"),
-    ("/purchases/1/confirm", {"user_id": "bob"}, 404, "purchase_not_found"),  # another buyer's
-    ("/purchases/abc/confirm", {"user_id": "alice"}, 404, "not_found"),
+    ("/purchases/999/cancel", {"user_id": "alice"}, 404, "purchase_not_found"),
+    ("/purchases/1/cancel", {"user_id": "bob"}, 404, "purchase_not_found"),  # another buyer's
+    ("/purchases/abc/cancel", {"user_id": "alice"}, 404, "not_found"),
     ("/purchases/-1/cancel", {"user_id": "alice"}, 404, "not_found"),
     (f"/purchases/{2**63}/cancel", {"user_id": "alice"}, 404, "purchase_not_found"),
-    ("/purchases/1/confirm", {"user_id": "alice", "card": "4111"}, 422, "invalid_request"),
-    ("/purchases/1/confirm", {}, 422, "invalid_request"),  # open mode: who is asking?
+    ("/purchases/1/cancel", {"user_id": "alice", "card": "4111"}, 422, "invalid_request"),
+    ("/purchases/1/cancel", {}, 422, "invalid_request"),  # open mode: who is asking?
     ("/purchases/1/cancel", {"user_id": 7}, 422, "invalid_request"),
     ("/purchases/1/cancel", [], 400, "invalid_json"),
+    ("/purchases/1/confirm", {"user_id": "alice"}, 410, "confirm_gone"),  # the provider confirms
+    ("/purchases/999/confirm", {}, 410, "confirm_gone"),
 ])
-def test_bad_confirms_and_cancels_are_problems(client, held_sale, conn, path, body, status, code):
+def test_bad_cancels_and_any_confirm_are_problems(client, held_sale, conn, path, body, status, code):
     assert buy(client).get_json()["purchase_id"] == 1
     assert_problem(client.post(path, json=body), status, code)
     assert state(conn, 1)["status"] == "held" and item(conn)["remaining"] == 9
 
 
-def test_a_confirm_needs_json_and_a_good_idempotency_key(client, held_sale):
+def test_a_cancel_needs_json_and_a_good_idempotency_key(client, held_sale):
     buy(client)
-    assert_problem(client.post("/purchases/1/confirm", data="user_id=alice",
+    assert_problem(client.post("/purchases/1/cancel", data="user_id=alice",
                                content_type="application/x-www-form-urlencoded"), 415, "unsupported_media_type")
-    assert_problem(client.post("/purchases/1/confirm", data="{", content_type="application/json"),
+    assert_problem(client.post("/purchases/1/cancel", data="{", content_type="application/json"),
                    400, "invalid_json")
-    assert_problem(confirm(client, 1, **{"Idempotency-Key": "é"}), 422, "invalid_request")
-    assert_problem(client.get("/purchases/1/confirm"), 405, "method_not_allowed")
+    assert_problem(client.post("/purchases/1/cancel", json={"user_id": "alice"}, headers={"Idempotency-Key": "é"}),
+                   422, "invalid_request")
+    assert_problem(client.get("/purchases/1/cancel"), 405, "method_not_allowed")
+    gone = assert_problem(client.post("/purchases/1/confirm", data="{", content_type="application/json"),
+                          410, "confirm_gone")
+    assert "payment provider" in gone["detail"]
 
 
-def test_verified_buyers_confirm_and_cancel_their_own_holds_only(verified_client, reset, conn):
+def test_verified_buyers_cancel_their_own_holds_only_and_confirm_none(verified_client, reset, conn):
     reset(stock=10, hold_seconds=HOLD_SECONDS)
     alice, bob = bearer(mint("alice")), bearer(mint("bob"))
     purchase_id = verified_client.post("/buy_ticket", json={"item_id": 1}, headers=alice).get_json()["purchase_id"]
-    assert_problem(verified_client.post(f"/purchases/{purchase_id}/confirm"), 401, "unauthorized")
-    assert_problem(verified_client.post(f"/purchases/{purchase_id}/confirm", headers=bob), 404, "purchase_not_found")
+    assert_problem(verified_client.post(f"/purchases/{purchase_id}/cancel"), 401, "unauthorized")
+    assert_problem(verified_client.post(f"/purchases/{purchase_id}/cancel", headers=bob), 404, "purchase_not_found")
     assert_problem(verified_client.post(f"/purchases/{purchase_id}/cancel", headers=bob,
                                         json={"user_id": "alice"}), 403, "user_mismatch")
+    assert_problem(verified_client.post(f"/purchases/{purchase_id}/confirm", headers=alice), 410, "confirm_gone")
     assert verified_client.get(f"/purchases/{purchase_id}", headers=alice).get_json()["status"] == "held"
-    confirmed = verified_client.post(f"/purchases/{purchase_id}/confirm", headers=alice)  # no body at all
-    assert confirmed.status_code == 200 and confirmed.get_json()["status"] == "confirmed"
+    assert pay(purchase_id) == "confirmed"
     assert verified_client.get(f"/purchases/{purchase_id}", headers=alice).get_json()["status"] == "confirmed"
     set_expiry(conn, verified_client.post("/buy_ticket", json={"item_id": 1}, headers=bob).get_json()["purchase_id"], -1)
     listed = verified_client.get("/purchases", headers=bob).get_json()["purchases"]
     assert [purchase["status"] for purchase in listed] == ["expired"]
 
 
-def test_a_confirm_while_the_database_is_frozen_is_503_and_its_retry_finds_the_outcome(
+def test_a_payment_while_the_database_is_frozen_is_503_and_stripes_retry_applies_it_once(
         stoppable_database, start_server, reset, conn):
-    reset(stock=5, hold_seconds=HOLD_SECONDS)
-    server = start_server(WEB_CONCURRENCY="1", DB_RETRY_BUDGET_SECONDS="1").wait_ready()
+    reset(stock=5, hold_seconds=HOLD_SECONDS, price=PRICE, currency="EUR")
+    server = start_server(WEB_CONCURRENCY="1", DB_RETRY_BUDGET_SECONDS="1", STRIPE_WEBHOOK_SECRET=SECRET).wait_ready()
     purchase_id = server.buy(user_id="alice").json()["purchase_id"]
     conn.close()
-    url = f"{server.url}/purchases/{purchase_id}/confirm"
-    headers = {"Idempotency-Key": "pay-1"}
+    paid = stripe.intent_succeeded(purchase_id, PRICE, "eur")
     with frozen_database():
-        refused = requests.post(url, json={"user_id": "alice"}, headers=headers, timeout=15)
+        refused = stripe.deliver(server.url, paid, SECRET)
     assert_http_problem(refused, 503, "overloaded")
     assert refused.headers["Retry-After"] == "1"
 
     def retried():
-        answer = requests.post(url, json={"user_id": "alice"}, headers=headers, timeout=15)
+        answer = stripe.deliver(server.url, paid, SECRET)
         return answer if answer.status_code != 503 else None
 
     answer = wait_for(retried, seconds=30, pause=0.5)
-    assert answer is not None and answer.status_code == 200 and answer.json()["status"] == "confirmed"
+    assert answer is not None and answer.status_code == 200 and answer.json()["outcome"] == "confirmed"
+    assert stripe.deliver(server.url, paid, SECRET).json()["outcome"] == "duplicate"
     with db.connect() as fresh:
         assert state(fresh, purchase_id)["status"] == "confirmed"
 

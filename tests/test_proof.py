@@ -3,6 +3,8 @@ from verify import history
 from verify import proof
 from support import TOKEN_SECRET
 
+SECRET = "whsec_tests_proof"  # the service's STRIPE_WEBHOOK_SECRET: the proof signs its payments with it
+
 
 def test_proof_passes_on_the_real_service(server, capsys):
     status = proof.main(["--url", server.url, "--requests", "300", "--processes", "20", "--stock", "50"])
@@ -21,22 +23,30 @@ def test_proof_with_repeating_users_and_retries(server, capsys):
 
 
 def test_proof_of_a_held_sale_with_late_payments(start_server, capsys):
-    """Holds of 2 s, 60% of the first wave pays, at random within 2.5 s of its hold: some too
-    late; waves of buyers until the stock is paid for; the workers' sweepers expire what is left."""
-    server = start_server(WEB_CONCURRENCY="4", HOLD_SWEEP_SECONDS="0.5").wait_ready()
+    """Holds of 2 s, 60% of the first wave pays by signed webhooks each delivered twice, at random
+    within 2.5 s of its hold: some too late, owed back; waves of buyers until the stock is paid
+    for; the workers' sweepers expire what is left."""
+    server = start_server(WEB_CONCURRENCY="4", HOLD_SWEEP_SECONDS="0.5", STRIPE_WEBHOOK_SECRET=SECRET).wait_ready()
     status = proof.main(["--url", server.url, "--requests", "300", "--processes", "20", "--stock", "60",
-                         "--hold-seconds", "2", "--confirm-ratio", "0.6", "--pay-within", "2.5"])
+                         "--hold-seconds", "2", "--confirm-ratio", "0.6", "--pay-within", "2.5",
+                         "--webhook-secret", SECRET])
     out = capsys.readouterr().out
     assert status == 0, out
-    assert out.splitlines()[-1] == ("SUCCESS: Strict consistency maintained. Exactly 60 items confirmed, "
-                                    "0 held past expiry, 0 units lost or doubled.")
-    assert "Wave 2:" in out and "expired" in out
+    last = out.splitlines()[-1]
+    assert last.startswith("SUCCESS: Strict consistency maintained. Exactly 60 items confirmed, 0 held past expiry, "
+                           "0 units lost or doubled; units confirmed = stock, payments confirmed 60 x 12.50 EUR "
+                           "= revenue 750.00 EUR, late payments "), last
+    late = int(last.split("late payments ")[1].split()[0])
+    assert late > 0 and last.endswith(f"= refunds owed {late}, 0 applied twice."), last
+    assert "Wave 2:" in out and "expired" in out and "webhook duplicate" in out
 
 
 def test_a_held_sale_is_proved_in_verified_mode(start_server, capsys):
-    server = start_server(WEB_CONCURRENCY="2", AUTH_JWT_SECRET=TOKEN_SECRET, HOLD_SWEEP_SECONDS="0.5").wait_ready()
+    server = start_server(WEB_CONCURRENCY="2", AUTH_JWT_SECRET=TOKEN_SECRET, HOLD_SWEEP_SECONDS="0.5",
+                          STRIPE_WEBHOOK_SECRET=SECRET).wait_ready()
     status = proof.main(["--url", server.url, "--requests", "60", "--processes", "10", "--stock", "20",
-                         "--hold-seconds", "1", "--confirm-ratio", "0.5", "--token-secret", TOKEN_SECRET])
+                         "--hold-seconds", "1", "--confirm-ratio", "0.5", "--token-secret", TOKEN_SECRET,
+                         "--webhook-secret", SECRET])
     out = capsys.readouterr().out
     assert status == 0, out
     assert "Exactly 20 items confirmed" in out

@@ -147,7 +147,8 @@ def test_list_shows_each_sale_with_its_state(reset, server):
     result = sale("list")
     assert result.returncode == 0, result.stderr
     header = result.stdout.splitlines()[0].split()
-    assert header == ["id", "name", "stock", "sold", "held", "remaining", "buyers", "window", "payment", "state"]
+    assert header == ["id", "name", "stock", "sold", "held", "remaining", "buyers", "window", "payment", "price",
+                      "revenue", "state"]
     rows = table(result.stdout)
     assert rows[1]["state"] == "sold out" and (rows[1]["sold"], rows[1]["remaining"], rows[1]["buyers"]) == ("2", "0", "2")
     assert rows[scheduled]["state"] == "scheduled" and rows[scheduled]["window"].startswith("from ")

@@ -7,6 +7,9 @@ import pytest
 import requests
 
 from support import burst, item, open_browser, set_sale, wait_for
+from verify import stripe_events as stripe
+
+SECRET = "whsec_tests_status_page"
 
 
 @pytest.fixture
@@ -71,10 +74,11 @@ def test_the_page_is_served_without_script(start_server, reset):
 
 
 def test_the_page_shows_units_held_for_payment_beside_those_sold(start_server, reset, conn, browser):
-    reset(stock=10, hold_seconds=600)
-    server = start_server(WEB_CONCURRENCY="2").wait_ready()
+    reset(stock=10, hold_seconds=600, price=250, currency="EUR")
+    server = start_server(WEB_CONCURRENCY="2", STRIPE_WEBHOOK_SECRET=SECRET).wait_ready()
     holds = [server.buy(1, f"buyer-{n}").json()["purchase_id"] for n in range(4)]
-    requests.post(f"{server.url}/purchases/{holds[0]}/confirm", json={"user_id": "buyer-0"}, timeout=10)
+    assert stripe.deliver(server.url, stripe.intent_succeeded(holds[0], 250, "eur"), SECRET).json()["outcome"] == \
+        "confirmed"
     browser.get(f"{server.url}/status")
     card = browser.find_element("css selector", '.sale[data-id="1"]')
 
@@ -86,3 +90,9 @@ def test_the_page_shows_units_held_for_payment_beside_those_sold(start_server, r
     assert wait_for(lambda: figures() == ("1", "3", "6"))
     requests.post(f"{server.url}/purchases/{holds[1]}/cancel", json={"user_id": "buyer-1"}, timeout=10)
     assert wait_for(lambda: figures() == ("1", "2", "7"))  # the page refreshed by itself
+    assert card.find_element("css selector", ".revenue").text == "2.50 EUR"
+    assert not card.find_element("css selector", ".refunds").is_displayed()
+    assert stripe.deliver(server.url, stripe.intent_succeeded(holds[0], 250, "eur"), SECRET).json()["outcome"] == \
+        "refund_due"
+    assert wait_for(lambda: card.find_element("css selector", ".refunds").is_displayed())
+    assert card.find_element("css selector", ".refunds").text == "· 1 refunds owed"

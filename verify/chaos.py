@@ -7,12 +7,14 @@ Modes: kill-worker (SIGKILL gunicorn workers), restart-db (private PostgreSQL re
 lock-hog (another session holds the item's row lock longer than the retry budget), freeze-db
 (every process of the private PostgreSQL stopped with SIGSTOP, longer than the retry budget, then
 continued: a database that stops answering with its sockets open), holds (a sale that takes
-payment: workers killed and PostgreSQL restarted while holds expire and buyers' confirmations,
-some too late, race the expiry; waves of buyers until the whole stock is paid for).
+payment: workers killed and PostgreSQL restarted while holds expire and the buyers' payments,
+signed Stripe webhooks each delivered twice, some too late, race the expiry; waves of buyers until
+the whole stock is paid for).
 """
 import argparse
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,8 +25,8 @@ from contextlib import contextmanager
 
 import db
 import reset_db
-from verify import QUERIES, proof
 from deploy.local_server import ROOT, LocalServer
+from verify import QUERIES, proof
 
 RETRY_BUDGET_SECONDS = 1.0
 # freeze-db: the retry budget, and a freeze over three times as long (docs/deadline.md).
@@ -150,13 +152,15 @@ def run_mode(mode, options):
     options.hold_seconds = HOLD_SECONDS if held else None
     options.confirm_ratio, options.pay_within = CONFIRM_RATIO, PAY_WITHIN_SECONDS
     reset_db.reset(stock=options.stock, max_per_user=options.max_per_user, hold_seconds=options.hold_seconds,
-                   database_url=options.database_url)
+                   database_url=options.database_url, **proof.sale_price(options))
+    # A held sale is paid by webhooks signed with a secret of this run's own, as Stripe signs them.
+    options.webhook_secret = options.webhook_secret or f"whsec_{secrets.token_hex(16)}"
     options.budget = options.budget_seconds or (FREEZE_BUDGET_SECONDS if mode == "freeze-db" else RETRY_BUDGET_SECONDS)
     # Buyers keep retrying through the fault: each attempt during it costs at least a second.
     options.attempts = proof.RETRY_ATTEMPTS + (int(options.freeze) + 1 if mode == "freeze-db" else 0)
     report = {"budget": options.budget}
     with LocalServer(WEB_CONCURRENCY=str(options.workers), DB_RETRY_BUDGET_SECONDS=str(options.budget),
-                     HOLD_SWEEP_SECONDS=str(SWEEP_SECONDS)) as server:
+                     HOLD_SWEEP_SECONDS=str(SWEEP_SECONDS), STRIPE_WEBHOOK_SECRET=options.webhook_secret) as server:
         options.url = server.url
         faults = threading.Thread(target=inject, args=(mode, server, options, report))
         faults.start()
@@ -168,9 +172,10 @@ def run_mode(mode, options):
     judgement = proof.judge(options, purchases)
     if held:
         states = Counter(row["status"] for row in judgement.rows)
-        late = sum(p.settle is not None and not p.confirmed for p in purchases)
+        late = sum(p.outcome == "late" for p in purchases)
         print(f"  holds: {len(judgement.rows)} made, {states['confirmed']} confirmed, {states['expired']} expired "
               f"({late} of them paid for too late), {states['held']} still held")
+        print(f"  payments: {judgement.money.line()}")
     for line in judgement.history.lines:
         print(f"  {line}")
     report["history"] = "ok" if judgement.history.ok else f"{len(judgement.history.violations)} violations"

@@ -1,6 +1,6 @@
 """Record a run's history and check it against the database afterwards: every answer a buyer got
-must fit one serial order of each item's purchases, confirms, cancels and expiries, consistent
-with real time.
+must fit one serial order of each item's purchases, payments (a webhook delivery, kind "pay"; a
+buyer's "confirm" of the releases before them), cancels and expiries, consistent with real time.
 
 While the run goes on, record() times each attempt of an Operation on one monotonic clock. After
 it, check() reads the operations, the items and their purchase rows, and returns a Report: one
@@ -30,7 +30,7 @@ DATABASE_PRECISION_SECONDS = 0.001
 UNKNOWN = "unknown"  # the code of an attempt without a definite answer
 ACTIVE = {"held", "confirmed"}
 RELEASED = {"cancelled", "expired"}
-KINDS = {"buy", "confirm", "cancel"}
+KINDS = {"buy", "confirm", "cancel", "pay"}
 
 CHECKS = {
     1: "every answer matches the database",
@@ -63,22 +63,28 @@ class Attempt:
 
     @property
     def code(self):
-        """"ok" for a 2xx, the problem's code for a 4xx, UNKNOWN otherwise."""
+        """"ok" for a 2xx, the problem's code for a 4xx, UNKNOWN otherwise. A webhook's 200 says
+        what the payment did (a redelivery, what it did the first time): "ok" for confirmed, else
+        the outcome ("late", "refund_due", "under_review", "duplicate", ...)."""
         if not self.definite:
             return UNKNOWN
+        body = self.body or {}
+        if self.status < 300 and "outcome" in body:
+            outcome = body.get("first_outcome") or body["outcome"]
+            return "ok" if outcome == "confirmed" else outcome
         if self.status < 300:
             return "ok"
-        return (self.body or {}).get("code") or str(self.status)
+        return body.get("code") or str(self.status)
 
 
 @dataclass
 class Operation:
-    kind: str  # "buy", "confirm" or "cancel"
+    kind: str  # "buy", "pay", "cancel", or "confirm" (a buyer's, before payments by webhook)
     item_id: int
     user_id: str
     key: str | None  # Idempotency-Key of every attempt; None: no key (sold_out may be cached)
     quantity: int = 1
-    purchase_id: int | None = None  # the target of confirm and cancel
+    purchase_id: int | None = None  # the target of pay, confirm and cancel
     attempts: list[Attempt] = field(default_factory=list)
 
     @property
@@ -413,9 +419,12 @@ class RangeMin:
 
 # The row's final status after each definite answer that says a purchase is settled.
 SETTLED_BY = {("confirm", "ok"): "confirmed", ("cancel", "purchase_confirmed"): "confirmed",
-              ("cancel", "ok"): "cancelled", ("confirm", "purchase_cancelled"): "cancelled"}
-TARGET_STATUS = {"confirm": "confirmed", "cancel": "cancelled"}
-SETTLE_CODES = {"ok", "purchase_cancelled", "purchase_confirmed", "hold_expired"}
+              ("cancel", "ok"): "cancelled", ("confirm", "purchase_cancelled"): "cancelled",
+              ("pay", "ok"): "confirmed", ("pay", "refund_due"): "confirmed"}
+TARGET_STATUS = {"confirm": "confirmed", "cancel": "cancelled", "pay": "confirmed"}
+# A payment `late` came after its hold ended: the row ends released, never confirmed by it.
+SETTLE_CODES = {"ok", "purchase_cancelled", "purchase_confirmed", "hold_expired", "refund_due", "late"}
+SETTLING_KINDS = {"confirmed": {"confirm", "pay"}, "cancelled": {"cancel"}}
 
 
 def check_answers_match_rows(h):
@@ -529,6 +538,8 @@ def check_settle_answer(h, op, counts):
         h.violation(1, f"{op.kind} answered {op.code}, but purchase {row.id} ended {row.status}", [op], [row])
     elif status and op.code == "ok" and (op.answer.body or {}).get("status", status) != status:
         h.violation(1, f"{op.kind} answered 200 with status {op.answer.body.get('status')!r}", [op], [row])
+    elif op.code == "late" and row.status not in RELEASED:
+        h.violation(1, f"a payment answered late, but purchase {row.id} ended {row.status}", [op], [row])
     elif op.code == "hold_expired" and row.status in TARGET_STATUS.values() and row.settle_proven < op.invoked:
         h.violation(1, f"{op.kind} answered hold_expired, but purchase {row.id} was {row.status} by an "
                        "answer completed before it was sent", [op] + settles_of(h, row), [row])
@@ -784,6 +795,8 @@ def check_agreement_and_holds(h):
             check_settle_timing(h, op)
         check_every_settlement_has_an_operation(h)
     return Counter(operations=len(h.operations), confirms=sum(op.kind == "confirm" for op in h.operations),
+                   payments=sum(op.kind == "pay" for op in h.operations),
+                   late=sum(op.kind == "pay" and op.code == "late" for op in h.operations),
                    cancels=sum(op.kind == "cancel" for op in h.operations),
                    expired=sum(row.status == "expired" for row in h.rows))
 
@@ -826,7 +839,10 @@ def check_settle_timing(h, op):
     row = h.by_id.get(op.purchase_id)
     if row is None or row.user_id != op.user_id or op.code == UNKNOWN:
         return
-    if op.code == "hold_expired" and row.expires is not None and row.expires > op.answered + h.tolerance:
+    if op.code == "late" and row.status == "expired" and row.expires > op.answered + h.tolerance:
+        h.violation(6, f"a payment answered late at {h.at(op.answered)}, before hold {row.id} expired at "
+                       f"{h.at(row.expires)}", [op], [row])
+    elif op.code == "hold_expired" and row.expires is not None and row.expires > op.answered + h.tolerance:
         h.violation(6, f"{op.kind} answered hold_expired at {h.at(op.answered)}, before hold {row.id} "
                        f"expired at {h.at(row.expires)}", [op], [row])
     elif SETTLED_BY.get((op.kind, op.code)) == row.status and row.settled is not None \
@@ -836,13 +852,14 @@ def check_settle_timing(h, op):
 
 
 def check_every_settlement_has_an_operation(h):
-    """A confirmed or cancelled hold was settled by a confirm or cancel of its buyer, answered 200
-    or not at all, during which its settled_at lies."""
+    """A confirmed or cancelled hold was settled by a payment (or a buyer's confirm) or a cancel of
+    its buyer, answered so (200 ok) or not at all, during which its settled_at lies."""
     for row in h.rows:
-        kind = {"confirmed": "confirm", "cancelled": "cancel"}.get(row.status)
-        if kind is None or row.settled is None:
+        kinds = SETTLING_KINDS.get(row.status)
+        if kinds is None or row.settled is None:
             continue
-        if not any(op.kind == kind and op.user_id == row.user_id and op.code in {"ok", UNKNOWN}
+        kind = " or ".join(sorted(kinds))
+        if not any(op.kind in kinds and op.user_id == row.user_id and op.code in {"ok", UNKNOWN}
                    and op.invoked - h.tolerance <= row.settled <= op.answered + h.tolerance
                    for op in settles_of(h, row)):
             h.violation(6, f"hold {row.id} is {row.status}, but no {kind} could have done it at "
@@ -856,13 +873,14 @@ CHECK_FUNCTIONS = {1: check_answers_match_rows, 2: check_conservation_and_limit,
 
 
 LINES = {
-    1: "{acknowledged} acknowledged purchases, {refused} refused, {settle_answers} confirm/cancel answers, "
+    1: "{acknowledged} acknowledged purchases, {refused} refused, {settle_answers} pay/confirm/cancel answers, "
        "unknown: {took_effect} took effect, {no_effect} did not",
     2: "{items} items, {rows} rows",
     3: "{purchases} purchases ({acknowledged} acknowledged)",
     4: "{sold_out} sold_out",
     5: "{limit_reached} limit_reached",
-    6: "{operations} operations, {confirms} confirms, {cancels} cancels, {expired} expired holds",
+    6: "{operations} operations, {confirms} confirms, {payments} payment deliveries ({late} late), {cancels} cancels, "
+       "{expired} expired holds",
 }
 
 

@@ -3,10 +3,14 @@
 The verdict comes from two sides: the HTTP answers the buyers got, and the rows in the database.
 
 With --hold-seconds N the sale takes payment: each purchase holds its units for N seconds, a
---confirm-ratio of the buyers pay (confirm), the others let their hold expire; once every unpaid
-hold has expired, a second wave of buyers buys the units that came back, and pays (and so on,
-while units come back: with --pay-within past N some pay too late). The proof then shows exactly
-the stock confirmed, no hold left past its expiry, and no unit lost or returned twice.
+--confirm-ratio of the buyers pay, the others let their hold expire; once every unpaid hold has
+expired, a second wave of buyers buys the units that came back, and pays (and so on, while units
+come back: with --pay-within past N some pay too late). A buyer pays as Stripe tells the shop: a
+signed checkout.session.completed (STRIPE_WEBHOOK_SECRET, as the service reads it) delivered
+twice, at once, a moment later, or out of order with a failure event. The proof then shows exactly
+the stock confirmed, no hold left past its expiry, no unit lost or returned twice, the payments
+confirmed times the price equal to the revenue, the late payments equal to the refunds owed, and
+no payment applied twice.
 """
 import argparse
 import multiprocessing
@@ -16,7 +20,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import jwt
@@ -26,8 +30,10 @@ import requests
 import db
 import reset_db
 from deploy.local_server import wait_until_ready
+from flashsale import payments
 from flashsale import settings as configuration
 from verify import QUERIES, history
+from verify import stripe_events as stripe
 
 ITEM_ID = 1
 REFUSAL_CODES = {"sold_out", "limit_reached"}
@@ -44,19 +50,33 @@ NEXT_WAVE_DEMAND = 2  # buyers of a later wave per unit that came back
 MAX_WAVES = 10
 EXPIRY_MARGIN_SECONDS = 0.5  # waited past a wave's last hold expiry before the next wave
 PAYING_THREADS = 256  # buyers waiting to pay at once, in the proof's own process
+PRICE, CURRENCY = 1250, "EUR"  # a held sale's price: what each unit owes, in minor units
+# How a payer's event is delivered twice, as Stripe may: both at once, the second a moment later,
+# or with a failure event of the same payment before or between them.
+DELIVERIES = ("at_once", "later", "failure_first", "failure_between")
+REDELIVERY_PAUSE_SECONDS = 0.3  # at most, for "later"
+# Of the buyers who do not pay in time, the share who pay anyway, a moment after their hold
+# expired (LATE_SECONDS after it at most): paid, but the units went back on sale. Owed back.
+LATE_PAYER_RATIO = 0.2
+LATE_SECONDS = (0.2, 1.0)
+# What a delivery answered that says the purchase is paid for by it (or by its first delivery).
+PAID_OUTCOMES = {"confirmed"}
 
 
 @dataclass
 class Purchase:
-    """One buyer's purchase: every attempt of it (history.Operation) and, on a held sale, of its
-    confirmation (`settle`) when the buyer pays."""
+    """One buyer's purchase: every attempt of it (history.Operation) and, on a held sale, the
+    deliveries of its payment event (`payments`, operations of kind "pay") and of a failure event
+    (`failures`) when the buyer pays."""
     user_id: str
     key: str | None
     token: str | None = None  # a bearer token for user_id, when the service verifies tokens
-    pays: bool = False  # on a held sale: confirms its hold (after `pay_after` s), else lets it expire
+    pays: bool = False  # on a held sale: pays for its hold (after `pay_after` s), else lets it expire
     pay_after: float = 0.0
+    delivery: str = DELIVERIES[0]
     buy: history.Operation = None
-    settle: history.Operation | None = None
+    payments: list = field(default_factory=list)
+    failures: list = field(default_factory=list)
 
     def __post_init__(self):
         self.buy = self.buy or history.Operation("buy", ITEM_ID, self.user_id, self.key)
@@ -88,8 +108,14 @@ class Purchase:
         return any(attempt.status == 201 for attempt in self.buy.attempts)
 
     @property
+    def outcome(self):
+        """What the payment did, as its deliveries answered (a redelivery names the first outcome);
+        None without a definite answer."""
+        return next((outcome_of(op.answer) for op in self.payments if op.answer is not None), None)
+
+    @property
     def confirmed(self):
-        return self.settle is not None and any(attempt.status == 200 for attempt in self.settle.attempts)
+        return self.outcome in PAID_OUTCOMES
 
 
 # Set in each burst process by start_process().
@@ -154,17 +180,51 @@ def buy(purchase):
     return purchase
 
 
-def pay(options, purchase):
-    """Confirm the purchase's hold `pay_after` seconds after it was made, with retries as a
-    purchase's (in a paying thread)."""
+def outcome_of(attempt):
+    """A webhook answer's outcome; a redelivery's is the outcome its event had the first time."""
+    body = attempt.body or {}
+    return body.get("first_outcome") or body.get("outcome")
+
+
+def deliver(options, purchase, event, operations):
+    """Deliver a signed event as Stripe does: again after a 5xx or no answer (Stripe retries for
+    days; here up to the purchase's attempts), each attempt signed anew. Recorded as an operation
+    of kind "pay" for the history check."""
     if not hasattr(_paying, "session"):
         _paying.session = requests.Session()
+    operation = history.Operation("pay", ITEM_ID, purchase.user_id, event["id"], purchase_id=purchase.purchase_ids[0])
+    operations.append(operation)
+    for number in range(options.attempts):
+        response = history.record(operation, lambda: stripe.deliver(options.url, event, options.webhook_secret,
+                                                                    _paying.session, timeout=options.timeout))
+        status = operation.attempts[-1].status
+        if status is not None and status not in RETRIED_STATUSES:
+            return
+        if number + 1 < options.attempts:
+            time.sleep(retry_pause(response, number))
+
+
+def pay(options, purchase):
+    """Pay for the purchase's hold `pay_after` seconds after it was made: its Checkout Session
+    completes, and Stripe delivers the event twice, as `purchase.delivery` says (in a paying
+    thread; "at_once" delivers the second copy from one more)."""
     time.sleep(max(0.0, purchase.buy.attempts[-1].complete + purchase.pay_after - time.monotonic()))
     purchase_id = purchase.purchase_ids[0]
-    purchase.settle = history.Operation("confirm", ITEM_ID, purchase.user_id, f"{purchase.key}-pay",
-                                        purchase_id=purchase_id)
-    perform(_paying.session, options, purchase.settle, f"/purchases/{purchase_id}/confirm",
-            {"user_id": purchase.user_id}, {**bearer(purchase), "Idempotency-Key": purchase.settle.key})
+    paid = stripe.checkout_completed(purchase_id, PRICE, CURRENCY)
+    failed = stripe.async_payment_failed(purchase_id, PRICE, CURRENCY)
+    if purchase.delivery == "at_once":
+        twin = threading.Thread(target=deliver, args=(options, purchase, paid, purchase.payments))
+        twin.start()
+        deliver(options, purchase, paid, purchase.payments)
+        twin.join()
+        return purchase
+    if purchase.delivery == "failure_first":
+        deliver(options, purchase, failed, purchase.failures)
+    deliver(options, purchase, paid, purchase.payments)
+    if purchase.delivery == "failure_between":
+        deliver(options, purchase, failed, purchase.failures)
+    time.sleep(random.uniform(0, REDELIVERY_PAUSE_SECONDS))
+    deliver(options, purchase, paid, purchase.payments)
     return purchase
 
 
@@ -211,13 +271,28 @@ def settled_database_state(options):
 
 def check_history(options, purchases, item, rows, swept_at=None):
     """history.py's Report on every answer of the run against the rows: one serial order."""
-    operations = [p.buy for p in purchases] + [p.settle for p in purchases if p.settle]
+    operations = [p.buy for p in purchases] + [op for p in purchases for op in p.payments]
     return history.check(operations, [item], rows, options.wall_minus_monotonic, options.cache_seconds,
                          swept_at=swept_at)
 
 
 def history_failures(report):
     return [] if report.ok else [f"the history fits no serial order:\n{report.text()}"]
+
+
+@dataclass
+class Money:
+    """A held sale's payments as the database keeps them, beside what the deliveries answered."""
+    paid: int  # payments that confirmed a hold
+    revenue: int  # minor units: the item's revenue
+    late: int  # payers told `late`: paid after the hold ended
+    refunds_owed: int  # payments owed back
+    applied_twice: int  # purchases with more than one payment from one buyer's one payment event
+
+    def line(self):
+        return (f"units confirmed = stock, payments confirmed {self.paid} x {payments.display(PRICE, CURRENCY)} "
+                f"= revenue {payments.display(self.revenue, CURRENCY)}, late payments {self.late} = refunds owed "
+                f"{self.refunds_owed}, {self.applied_twice} applied twice")
 
 
 @dataclass
@@ -228,20 +303,24 @@ class Judgement:
     rows: list
     history: history.Report
     failures: list
+    money: Money | None = None  # a held sale's
 
 
 def judge(options, purchases, database_url=None):
     """The one verdict of a run, for the proof and every chaos run: the database read once the
     sale has settled (from `database_url`, else options.database_url), the checks of a sale sold
     at once or held for payment, and the history check of every answer."""
+    money = None
     if options.hold_seconds:
         item, rows, swept_at = settled_database_state(options)
         failures = hold_verdict(options, purchases, item, rows)
+        money, owed = money_failures(purchases, item, rows, payment_events(options.database_url))
+        failures += owed
     else:
         item, rows = database_state(database_url or options.database_url)
         swept_at, failures = None, verdict(options, purchases, item, rows)
     report = check_history(options, purchases, item, rows, swept_at)
-    return Judgement(item, rows, report, failures + history_failures(report))
+    return Judgement(item, rows, report, failures + history_failures(report), money)
 
 
 def database_state(database_url):
@@ -353,8 +432,7 @@ def hold_verdict(options, purchases, item, rows):
             continue
         final = by_id.get(p.purchase_ids[0], {}).get("status")
         if p.confirmed != (final == "confirmed"):
-            failures.append(f"purchase {p.purchase_ids[0]}: confirm answered {p.settle and p.settle.attempts[-1].status}, "
-                            f"the row is {final}")
+            failures.append(f"purchase {p.purchase_ids[0]}: its payment answered {p.outcome}, the row is {final}")
             break
         if not p.pays and final != "expired":
             failures.append(f"purchase {p.purchase_ids[0]} was never paid for, but its row is {final}")
@@ -365,15 +443,47 @@ def hold_verdict(options, purchases, item, rows):
     return failures
 
 
+def payment_events(database_url):
+    with db.connect(database_url) as conn:
+        return [row for row in conn.execute(db.query("list_payment_events", QUERIES)).fetchall()
+                if row["item_id"] == ITEM_ID]
+
+
+def money_failures(purchases, item, rows, events):
+    """(Money, the violated checks): each confirmed hold paid once at the price, the revenue their
+    sum, every late payment owed back, every failure event ignored, no payment applied twice."""
+    failures = []
+    money_rows = [event for event in events if event["payment_status"] is not None]
+    per_purchase = Counter(event["purchase_id"] for event in money_rows)
+    paid = [event for event in money_rows if event["payment_status"] == "paid"]
+    money = Money(paid=len(paid), revenue=item["revenue"], late=sum(p.outcome == "late" for p in purchases),
+                  refunds_owed=item["refunds_owed"], applied_twice=sum(count > 1 for count in per_purchase.values()))
+    confirmed_rows = sum(row["status"] == "confirmed" for row in rows)
+    if money.paid != confirmed_rows or money.revenue != money.paid * PRICE:
+        failures.append(f"{money.paid} payments confirmed holds, {confirmed_rows} rows are confirmed, revenue "
+                        f"{money.revenue} != {money.paid} x {PRICE}")
+    if {event["amount"] for event in paid} - {PRICE}:
+        failures.append("a hold was confirmed by a payment of another amount")
+    if money.late != money.refunds_owed:
+        failures.append(f"{money.late} payers were told their payment came late, {money.refunds_owed} refunds owed")
+    if money.applied_twice:
+        failures.append(f"{money.applied_twice} purchases hold two payments from one payment event")
+    told = Counter(outcome_of(op.answer) for p in purchases for op in p.failures if op.answer is not None)
+    if set(told) - {"ignored"}:
+        failures.append(f"failure events did something: {dict(told)}")
+    return money, failures
+
+
 def print_report(options, purchases, seconds, item, rows):
     answers = Counter(answer for p in purchases for answer in p.answers)
-    confirms = Counter(answer_code(attempt) for p in purchases if p.settle for attempt in p.settle.attempts)
+    delivered = Counter((attempt.body or {}).get("outcome") if attempt.status == 200 else answer_code(attempt)
+                        for p in purchases for op in p.payments + p.failures for attempt in op.attempts)
     latencies = [latency for p in purchases for latency in p.latencies]
     print("Answers (every attempt):")
     for (status, code), count in sorted(answers.items(), key=lambda entry: (entry[0][0] or 0, entry[0][1])):
         print(f"  {status or 'error':>5} {code:<24} {count}")
-    for code, count in sorted(confirms.items()):
-        print(f"  confirm {code:<22} {count}")
+    for code, count in sorted(delivered.items()):
+        print(f"  webhook {code:<22} {count}")
     print(f"Throughput: {sum(answers.values()) / seconds:.1f} requests/s ({seconds:.2f} s)")
     print("Latency ms: " + "  ".join(
         f"{name} {percentile(latencies, fraction) * 1000:.1f}"
@@ -398,6 +508,8 @@ def defaults(environ):
         "stock": 100, "max_per_user": None, "users": None, "timeout": 10.0, "retry": False,
         "hold_seconds": None, "confirm_ratio": 0.5, "pay_within": 0.0, "wait": 30.0,
         "token_secret": auth["auth_jwt_secret"],
+        # The service's first signing secret: the proof signs as Stripe does with it.
+        "webhook_secret": next(iter(configuration.webhook_secrets(environ)), None),
         # The service's own, which the history check allows for (the service reads the same).
         "cache_seconds": configuration.number(environ, "SOLD_OUT_CACHE_SECONDS", 0.5, float, 0.0),
         "auth": auth,
@@ -452,6 +564,9 @@ def parse_options(argv):
                         help="with --hold-seconds: a buyer pays at a random moment this many seconds "
                              "after its hold at most (default 0: at once); past --hold-seconds some "
                              "pay too late")
+    parser.add_argument("--webhook-secret",
+                        help="STRIPE_WEBHOOK_SECRET (its first): sign the payment events with it, as Stripe "
+                             "does (needed with --hold-seconds)")
     parser.add_argument("--wait", type=float, help="seconds to wait for /readyz")
     parser.add_argument("--token-secret",
                         help="AUTH_JWT_SECRET: sign one bearer token per buyer with it (default: none, "
@@ -467,6 +582,9 @@ def parse_options(argv):
         parser.error("--hold-seconds must be at least 1")
     if not 0 <= options.confirm_ratio <= 1:
         parser.error("--confirm-ratio must be from 0 to 1")
+    if options.hold_seconds is not None and not options.webhook_secret:
+        parser.error("STRIPE_WEBHOOK_SECRET (or --webhook-secret) is not set: a held sale is paid by signed "
+                     "webhooks, as the service takes them")
     if not options.pay_within >= 0:
         parser.error("--pay-within must be at least 0")
     return complete(options)
@@ -480,15 +598,20 @@ def mint_token(options, user_id):
 
 def make_purchases(options, count=None, prefix="user", pay_ratio=None):
     """`count` purchases (TOTAL_REQUESTS), by --users buyers named prefix-N; on a held sale, a
-    `pay_ratio` of them (--confirm-ratio) pay, chosen at random."""
+    `pay_ratio` of them (--confirm-ratio) pay, chosen at random, and LATE_PAYER_RATIO of the
+    others pay after their hold expired."""
     count = count or options.requests
     users = options.users or count
     pay_ratio = options.confirm_ratio if pay_ratio is None else pay_ratio
     chooser = random.Random(prefix)
-    purchases = [Purchase(user_id=f"{prefix}-{index % users}", key=str(uuid.uuid4()) if options.retry else None,
-                          pays=options.hold_seconds is not None and chooser.random() < pay_ratio,
-                          pay_after=chooser.uniform(0, options.pay_within))
-                 for index in range(count)]
+    purchases = []
+    for index in range(count):
+        pays = options.hold_seconds is not None and chooser.random() < pay_ratio
+        pay_after = chooser.uniform(0, options.pay_within)
+        if options.hold_seconds is not None and not pays and chooser.random() < LATE_PAYER_RATIO:
+            pays, pay_after = True, options.hold_seconds + chooser.uniform(*LATE_SECONDS)
+        purchases.append(Purchase(user_id=f"{prefix}-{index % users}", key=str(uuid.uuid4()) if options.retry else None,
+                                  pays=pays, pay_after=pay_after, delivery=chooser.choice(DELIVERIES)))
     if options.token_secret:
         for purchase in purchases:
             purchase.token = mint_token(options, purchase.user_id)
@@ -519,11 +642,17 @@ def held_sale(options):
         print(f"Wave {wave + 1}: {count} buyers for the {returned} units back on sale, each paying", flush=True)
 
 
+def sale_price(options):
+    """A held sale is sold at PRICE in CURRENCY, which its payments must match; one sold at once has
+    no price, as before."""
+    return {"price": PRICE, "currency": CURRENCY} if options.hold_seconds else {}
+
+
 def main(argv=None):
     options = parse_options(argv)
     try:
-        reset_db.reset(stock=options.stock, max_per_user=options.max_per_user,
-                       hold_seconds=options.hold_seconds, database_url=options.database_url)
+        reset_db.reset(stock=options.stock, max_per_user=options.max_per_user, hold_seconds=options.hold_seconds,
+                       database_url=options.database_url, **sale_price(options))
     except psycopg.Error as exc:
         print(f"FAILURE: cannot reset the database: {exc}")
         return 1
@@ -549,7 +678,7 @@ def main(argv=None):
         return 1
     if options.hold_seconds:
         print(f"SUCCESS: Strict consistency maintained. Exactly {item['sold']} items confirmed, "
-              f"0 held past expiry, 0 units lost or doubled.")
+              f"0 held past expiry, 0 units lost or doubled; {judgement.money.line()}.")
     else:
         print(f"SUCCESS: Strict consistency maintained. Exactly {item['sold']} items sold.")
     return 0

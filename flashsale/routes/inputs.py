@@ -33,21 +33,22 @@ def reject_constant(name):
 JSON_DECODER = json.JSONDecoder(object_pairs_hook=reject_duplicate_keys, parse_constant=reject_constant)
 
 
-def plain_length(environ):
-    """The body's declared length when it is within MAX_BODY_BYTES, else None (chunked, too long)."""
+def plain_length(environ, limit=MAX_BODY_BYTES):
+    """The body's declared length when it is within `limit`, else None (chunked, too long)."""
     declared = environ.get("CONTENT_LENGTH", "")
     length = int(declared) if declared.isdigit() else None
-    return length if length is not None and length <= MAX_BODY_BYTES else None
+    return length if length is not None and length <= limit else None
 
 
-def read_body(environ):
+def read_body(environ, limit=MAX_BODY_BYTES):
     """The request body, under gunicorn within BODY_TIMEOUT_SECONDS of silence. A plain length is
     read straight from the input; anything else (chunked, too long) goes through werkzeug's
-    stream, which answers 413 past MAX_CONTENT_LENGTH: only inside Flask."""
+    stream, which answers 413 past the request's max_content_length (MAX_BODY_BYTES unless the
+    route raised it to `limit`): only inside Flask."""
     client = environ.get("gunicorn.socket")
     if client is not None:
         client.settimeout(BODY_TIMEOUT_SECONDS)  # a stalled client frees its sync worker in time
-    length = plain_length(environ)
+    length = plain_length(environ, limit)
     try:
         if length is None:
             return request.get_data()

@@ -2,7 +2,7 @@
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
 import db
-from flashsale import auth, metrics
+from flashsale import auth, metrics, payments
 from flashsale.answers import iso_times, json_response
 from flashsale.errors import Problem
 from flashsale.routes.items import TIMES
@@ -14,6 +14,11 @@ STATUS_PAGE_ITEMS = 1000  # the status page's first rendering; its script reads 
 
 def settings():
     return current_app.config["SETTINGS"]
+
+
+@bp.app_template_filter("money")
+def money(minor_units, currency):
+    return payments.display(minor_units, currency)
 
 
 @bp.get("/status")
@@ -38,6 +43,7 @@ def metrics_page():
     if replication:  # else the held units keep their last values: the scrape answers at once
         try:
             metrics.units_held(db.units_held())
+            metrics.payment_totals(db.payment_totals())
         except db.Unavailable:
             pass
     body, content_type = metrics.exposition()

@@ -1,5 +1,5 @@
-"""Purchases: POST /buy_ticket, paying for or giving up a hold (confirm, cancel), and a verified
-buyer's own purchases."""
+"""Purchases: POST /buy_ticket, giving up a hold (cancel; payment comes from the payment provider,
+routes/webhooks.py), and a verified buyer's own purchases."""
 from functools import lru_cache
 
 from flask import Blueprint, current_app, request
@@ -16,7 +16,7 @@ bp = Blueprint("purchases", __name__)
 
 MAX_QUANTITY = 1000
 BUY_FIELDS = {"item_id", "user_id", "quantity"}
-SETTLE_FIELDS = {"user_id"}  # confirm and cancel
+SETTLE_FIELDS = {"user_id"}  # cancel
 PAGE_SIZE = 20  # GET /purchases
 MAX_PAGE_SIZE = 100
 # Outcomes of buy_ticket.sql that refuse the purchase, each the `code` of its answer:
@@ -31,11 +31,9 @@ REFUSALS = {
     "idempotency_key_reused": (422, "Idempotency key reused",
                                "This Idempotency-Key was already used for a different purchase."),
 }
-# Outcomes of confirm_purchase.sql and cancel_purchase.sql that refuse the change.
+# Outcomes of cancel_purchase.sql that refuse the change.
 SETTLE_REFUSALS = {
     "purchase_not_found": (404, "Purchase not found", "You have no purchase {purchase_id}."),
-    "purchase_cancelled": (409, "Purchase cancelled",
-                           "Purchase {purchase_id} was cancelled: its units went back on sale."),
     "hold_expired": (409, "Hold expired", "The hold of purchase {purchase_id} expired at {expires_at} "
                                           "before it was paid for: its units went back on sale."),
     "purchase_confirmed": (409, "Purchase confirmed",
@@ -83,11 +81,18 @@ def purchase_unavailable(unavailable, key):
 
 
 def purchase_json(row, status=None):
-    """A purchase as GET /purchases/<id> shows it; `status` overrides the row's."""
-    return {"purchase_id": row["id"], "item_id": row["item_id"], "user_id": row["user_id"],
-            "quantity": row["quantity"], "status": status or row["status"],
-            "expires_at": utc_iso(row["expires_at"]) if row["expires_at"] else None,
-            "created_at": row["created_at"].isoformat()}
+    """A purchase as GET /purchases/<id> shows it; `status` overrides the row's. A row of
+    buyer_purchase(s).sql adds what it owes and its latest payment (docs/payments.md)."""
+    shown = {"purchase_id": row["id"], "item_id": row["item_id"], "user_id": row["user_id"],
+             "quantity": row["quantity"], "status": status or row["status"],
+             "expires_at": utc_iso(row["expires_at"]) if row["expires_at"] else None,
+             "created_at": row["created_at"].isoformat()}
+    if "payment_status" in row:
+        shown["amount"], shown["currency"] = row["amount"], row["currency"]
+        shown["payment"] = None if row["payment_status"] is None else {
+            "status": row["payment_status"], "amount": row["payment_amount"], "currency": row["payment_currency"],
+            "reference": row["payment_reference"]}
+    return shown
 
 
 def verified_buyer():
@@ -125,11 +130,12 @@ def buy(environ, check):
         "quantity": row["quantity"],
         "remaining": row["remaining"],
     }
-    if row["expires_at"] is not None:  # a hold: paid for by POST /purchases/<id>/confirm
+    if row["expires_at"] is not None:  # a hold: paid for through the payment provider (docs/payments.md)
         if outcome == "sold":
             metrics.hold_event("made")
         purchase["status"] = "held"
         purchase["expires_at"] = utc_iso(row["expires_at"])
+        purchase["amount"], purchase["currency"] = row["amount"], row["currency"]  # what to charge
     replayed = outcome == "replayed" and key is not None
     return json_answer(purchase, 201, (("Idempotent-Replayed", "true"),) if replayed else ())
 
@@ -176,10 +182,10 @@ def get_purchase(purchase_id):
 
 
 def settling_buyer(environ):
-    """Who confirms or cancels: the token's buyer in verified mode (the body's optional user_id
-    must be it), else the body's user_id. The body holds nothing else; Idempotency-Key is
-    checked as for a purchase. Confirm and cancel are idempotent by the purchase's state, so a
-    retry, with the key or without, finds the outcome."""
+    """Who cancels: the token's buyer in verified mode (the body's optional user_id must be it),
+    else the body's user_id. The body holds nothing else; Idempotency-Key is checked as for a
+    purchase. A cancel is idempotent by the purchase's state, so a retry, with the key or
+    without, finds the outcome."""
     check = verifier()
     buyer = check.buyer(environ.get("HTTP_AUTHORIZATION")) if check else None
     body = parse_json_object(environ) if check is None or has_body(environ) else {}
@@ -195,19 +201,18 @@ def settling_buyer(environ):
     return body["user_id"]
 
 
-def settle(action, purchase_id):
-    """Confirm or cancel (`action`) the buyer's purchase: 200 with it, or a problem."""
+@bp.post("/purchases/<int:purchase_id>/cancel")
+def cancel(purchase_id):
+    """Cancel the buyer's open hold: 200 with it, or a problem."""
     user_id = settling_buyer(request.environ)
     if purchase_id > MAX_BIGINT:
         row = {"outcome": "purchase_not_found"}
     else:
         try:
-            row = db.confirm_purchase(user_id, purchase_id) if action == "confirm" else db.cancel_purchase(
-                user_id, purchase_id)
+            row = db.cancel_purchase(user_id, purchase_id)
         except db.Unavailable:
-            raise overloaded(f"The {action} could not be completed in time; it may or may not have been "
-                             f"made. Retry: asking to {action} again finds the outcome, and never "
-                             f"{action}s twice.") from None
+            raise overloaded("The cancel could not be completed in time; it may or may not have been made. "
+                             "Retry: asking to cancel again finds the outcome, and never cancels twice.") from None
     outcome = row["outcome"]
     if outcome in SETTLE_REFUSALS:
         status, title, detail = SETTLE_REFUSALS[outcome]
@@ -220,9 +225,7 @@ def settle(action, purchase_id):
 
 @bp.post("/purchases/<int:purchase_id>/confirm")
 def confirm(purchase_id):
-    return settle("confirm", purchase_id)
-
-
-@bp.post("/purchases/<int:purchase_id>/cancel")
-def cancel(purchase_id):
-    return settle("cancel", purchase_id)
+    """Gone: a buyer's word is no payment. The payment provider confirms (docs/payments.md)."""
+    raise Problem(410, "confirm_gone", "Gone",
+                  "A hold is no longer confirmed by the buyer: payment now comes from the payment provider, "
+                  "whose signed webhook confirms it (POST /webhooks/stripe). Pay through the shop's checkout.")

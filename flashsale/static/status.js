@@ -33,6 +33,14 @@ function when(iso, otherwise) {
   return iso ? new Date(iso).toLocaleString() : otherwise;
 }
 
+// Minor units as the server writes them (flashsale/payments.py display): "12.50 EUR". The
+// currency's decimals come from the browser's CLDR data, as the server's from Babel's.
+function money(minor, currency) {
+  const digits = new Intl.NumberFormat("en", { style: "currency", currency }).resolvedOptions()
+    .maximumFractionDigits;
+  return `${(minor / 10 ** digits).toFixed(digits)} ${currency}`;
+}
+
 function fill(card, item, rate) {
   const percent = item.stock ? (100 * item.remaining) / item.stock : 0;
   card.dataset.id = item.id;
@@ -48,6 +56,10 @@ function fill(card, item, rate) {
   card.querySelector(".sold").textContent = item.sold;
   card.querySelector(".held").textContent = item.held;
   card.querySelector(".holding").hidden = !item.hold_seconds;
+  card.querySelector(".money").hidden = !item.currency;
+  card.querySelector(".revenue").textContent = item.currency ? money(item.revenue, item.currency) : "";
+  card.querySelector(".owed").textContent = item.refunds_owed;
+  card.querySelector(".refunds").hidden = !item.refunds_owed;
   card.querySelector(".rate").textContent = rate === null ? "–" : rate.toFixed(1);
   card.querySelector(".window").textContent =
     `${when(item.sale_starts_at, "now")} → ${when(item.sale_ends_at, "until sold out")}`;
