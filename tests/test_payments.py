@@ -2,7 +2,6 @@
 and at once, the same PaymentIntent by two events, late and second payments owed back, wrong
 amounts set aside, secret rotation, refused deliveries that write nothing, and a 503 that Stripe's
 retry applies once."""
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
