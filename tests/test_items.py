@@ -62,3 +62,20 @@ def test_bad_parameters_are_422(client, query, field):
 def test_every_bad_parameter_is_named(client):
     body = assert_problem(client.get("/items?limit=0&after=x&sort=id"), 422, "invalid_request")
     assert [error["field"] for error in body["errors"]] == ["after", "limit", "sort"]
+
+
+def test_an_items_money_is_for_operators_only(client, reset):
+    """Price and currency are for everyone; revenue and refunds owed only for METRICS_ALLOW's
+    addresses (loopback here), as /metrics."""
+    reset(stock=10, price=250, currency="EUR")
+    stranger = {"REMOTE_ADDR": "203.0.113.9"}
+    for path in ("/items/1", "/items"):
+        operator = client.get(path).get_json()
+        public = client.get(path, environ_base=stranger).get_json()
+        operator, public = (body["items"][0] if "items" in body else body for body in (operator, public))
+        assert operator["revenue"] == 0 and operator["refunds_owed"] == 0
+        assert public == {key: value for key, value in operator.items() if key not in ("revenue", "refunds_owed")}
+        assert (public["price"], public["currency"]) == (250, "EUR")
+    page = client.get("/status", environ_base=stranger).get_data(as_text=True)
+    assert "revenue" in client.get("/status").get_data(as_text=True)
+    assert '<p class="money" hidden>' in page

@@ -4,10 +4,11 @@ and the environ costs a tenth as much."""
 import json
 import re
 
-from flask import request
+from flask import current_app, request
 from gunicorn.http.errors import NoMoreData, ParseException
 
 from db import MAX_INT
+from flashsale import metrics
 from flashsale.errors import Problem, invalid
 
 MAX_BODY_BYTES = 4096
@@ -150,3 +151,12 @@ def parse_page(args, after_max, default_limit, max_limit):
     if errors:
         raise invalid(errors, "parameters")
     return values["after"], values["limit"]
+
+
+def from_operator():
+    """True when the client's address is one of METRICS_ALLOW's: the operators, who may read the
+    metrics and an item's money. Over a unix socket the peer has no address; only this host's
+    processes reach it, and the nginx in front (deploy/) puts the client's own address in
+    X-Real-IP, overwriting any."""
+    client = request.remote_addr or request.headers.get("X-Real-IP")
+    return metrics.allowed(client, current_app.config["SETTINGS"].metrics_allow)

@@ -5,13 +5,23 @@ import db
 from db import MAX_INT
 from flashsale.answers import iso_times, json_response
 from flashsale.errors import Problem, overloaded
-from flashsale.routes.inputs import parse_page
+from flashsale.routes.inputs import from_operator, parse_page
 
 bp = Blueprint("items", __name__)
 
 PAGE_SIZE = 100  # GET /items: items per page unless `limit` says otherwise
 MAX_PAGE_SIZE = 1000
 TIMES = ("sale_starts_at", "sale_ends_at")
+MONEY = ("revenue", "refunds_owed")  # the shop's own business: for operators only
+
+
+def public(item):
+    """The item as this client may see it: without its money unless the client is an operator
+    (METRICS_ALLOW, as for /metrics)."""
+    if not from_operator():
+        for field in MONEY:
+            del item[field]
+    return item
 
 
 @bp.get("/items/<int:item_id>")
@@ -23,7 +33,7 @@ def get_item(item_id):
     if item is None:
         raise Problem(404, "item_not_found", "Item not found", f"There is no item {item_id}.")
     del item["state"]  # an item's page has always left its state to GET /items
-    return json_response(iso_times(item, *TIMES))
+    return json_response(public(iso_times(item, *TIMES)))
 
 
 @bp.get("/items")
@@ -33,7 +43,7 @@ def list_items():
         rows = db.list_items(after, limit + 1)  # one more tells whether a next page exists
     except db.Unavailable:
         raise overloaded("The items could not be read in time. Retry later.") from None
-    items = [iso_times(row, *TIMES) for row in rows[:limit]]
+    items = [public(iso_times(row, *TIMES)) for row in rows[:limit]]
     next_after = items[-1]["id"] if len(rows) > limit else None
     return json_response({
         "items": items,

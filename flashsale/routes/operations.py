@@ -1,11 +1,12 @@
 """Running the service: /healthz, /readyz, /metrics and the status page."""
-from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask import Blueprint, Response, abort, current_app, render_template
 
 import db
 from flashsale import auth, metrics, payments
 from flashsale.answers import iso_times, json_response
 from flashsale.errors import Problem
-from flashsale.routes.items import TIMES
+from flashsale.routes.inputs import from_operator
+from flashsale.routes.items import TIMES, public
 
 bp = Blueprint("operations", __name__)
 
@@ -24,7 +25,7 @@ def money(minor_units, currency):
 @bp.get("/status")
 def status_page():
     try:
-        items, error = [iso_times(row, *TIMES) for row in db.list_items(0, STATUS_PAGE_ITEMS)], None
+        items, error = [public(iso_times(row, *TIMES)) for row in db.list_items(0, STATUS_PAGE_ITEMS)], None
     except db.Unavailable:
         items, error = [], "The database did not answer in time; retrying."
     return render_template("status.html", items=items, error=error)
@@ -33,10 +34,7 @@ def status_page():
 @bp.get("/metrics")
 def metrics_page():
     """Prometheus' text format, for METRICS_ALLOW only; to anyone else there is no such page."""
-    # Over a unix socket the peer has no address; only this host's processes reach it, and the
-    # nginx in front (deploy/) puts the client's own address in X-Real-IP, overwriting any.
-    client = request.remote_addr or request.headers.get("X-Real-IP")
-    if not metrics.enabled() or not metrics.allowed(client, settings().metrics_allow):
+    if not metrics.enabled() or not from_operator():
         abort(404)
     replication = db.ping()
     metrics.replication(replication)

@@ -56,7 +56,7 @@ function fill(card, item, rate) {
   card.querySelector(".sold").textContent = item.sold;
   card.querySelector(".held").textContent = item.held;
   card.querySelector(".holding").hidden = !item.hold_seconds;
-  card.querySelector(".money").hidden = !item.currency;
+  card.querySelector(".money").hidden = !item.currency || item.revenue === undefined;  // operators only
   card.querySelector(".revenue").textContent = item.currency ? money(item.revenue, item.currency) : "";
   card.querySelector(".owed").textContent = item.refunds_owed;
   card.querySelector(".refunds").hidden = !item.refunds_owed;
