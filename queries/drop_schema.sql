@@ -1,5 +1,5 @@
--- Drops every table of the service, with all their rows, what is built on them (the view
--- item_figures, the function purchase_status) and the migrations' bookkeeping, so that the
+-- Drops every table of the service, with all their rows, what is built on them (the views and
+-- the function purchase_status) and the migrations' bookkeeping, so that the
 -- migrations make the schema again. Items first: purchases lock the item row before they write a
 -- purchase, so taking the tables in that order cannot deadlock with them.
 -- Parameters: none.
