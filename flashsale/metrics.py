@@ -145,9 +145,9 @@ def request(route, status, seconds):
         return
     children = _on.request_children.get((route, status))
     if children is None:
-        # observe() writes the histogram's sum and one bucket to the file at once, which cost
-        # a share of sold-out answers/s (docs/performance.md): here they are added up as counters are,
-        # the values taken from the child (prometheus_client 0.26: _sum, and _buckets, one per
+        # observe() writes the histogram's sum and one bucket to the file at once, which cost a
+        # share of sold-out answers/s (docs/performance.md): here they are added up as counters
+        # are, the values taken from the child (prometheus_client 0.26: _sum, and _buckets, one per
         # bound of DURATION_BUCKETS and a last for +Inf; tests/test_observe.py reads them back).
         duration = _on.duration.labels(route)
         children = _on.request_children[(route, status)] = (

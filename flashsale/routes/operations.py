@@ -13,10 +13,6 @@ bp = Blueprint("operations", __name__)
 STATUS_PAGE_ITEMS = 1000  # the status page's first rendering; its script reads every page
 
 
-def settings():
-    return current_app.config["SETTINGS"]
-
-
 @bp.app_template_filter("money")
 def money(minor_units, currency):
     return payments.display(minor_units, currency)
@@ -58,5 +54,5 @@ def readyz():
     replication = db.ping()
     metrics.replication(replication)
     if replication:
-        return json_response({"status": "ready", "auth": auth.mode(settings()), "replication": replication})
+        return json_response({"status": "ready", "auth": auth.mode(current_app.config["SETTINGS"]), "replication": replication})
     raise Problem(503, "not_ready", "Not ready", f"The database did not answer within {db.READY_TIMEOUT_SECONDS:g} s.")
