@@ -446,6 +446,14 @@ def sale_expire():
     click.echo(f"Expired {holds} holds of {len(rows)} items: {units} units back on sale.")
 
 
+def checked_reference(reference, command):
+    """--reference without surrounding spaces, or a CommandError naming `command`."""
+    reference = reference.strip()
+    if not 1 <= len(reference) <= MAX_REFERENCE_LENGTH or not reference.isprintable():
+        raise CommandError(f"flask {command}: --reference must be 1 to {MAX_REFERENCE_LENGTH} printable characters")
+    return reference
+
+
 @sale_group.command("confirm")
 @click.argument("purchase_id", metavar="PURCHASE_ID", type=click.IntRange(1, db.MAX_BIGINT))
 @click.option("--reference", required=True, help="the payment's reference: a bank transfer's, say")
@@ -455,9 +463,7 @@ def sale_confirm(purchase_id, reference):
     Decided as a webhook's payment is (docs/payments.md): a hold still open is confirmed; a
     purchase already paid, cancelled or expired gets the money recorded as owed back. The same
     reference again changes nothing. Exit status 1 when the hold was not confirmed."""
-    reference = reference.strip()
-    if not 1 <= len(reference) <= MAX_REFERENCE_LENGTH or not reference.isprintable():
-        raise CommandError(f"flask sale confirm: --reference must be 1 to {MAX_REFERENCE_LENGTH} printable characters")
+    reference = checked_reference(reference, "sale confirm")
     event = payments.Event(f"manual:{purchase_id}:{reference}", "manual.payment", "payment", purchase_id,
                            None, None, reference)
     with db.connect() as conn:
@@ -523,10 +529,7 @@ def payments_review():
 def payments_refunded(purchase_id, reference, payment):
     """Record a refund made in Stripe for money the purchase is owed back, or for a payment set
     aside for review, once."""
-    reference = reference.strip()
-    if not 1 <= len(reference) <= MAX_REFERENCE_LENGTH or not reference.isprintable():
-        raise CommandError(f"flask payments refunded: --reference must be 1 to {MAX_REFERENCE_LENGTH} "
-                           "printable characters")
+    reference = checked_reference(reference, "payments refunded")
     with db.connect() as conn:
         row = run(conn, "record_refund", {"purchase_id": purchase_id, "refund_reference": reference,
                                           "payment_reference": payment})[0]
